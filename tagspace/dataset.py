@@ -1,0 +1,198 @@
+"""Dataset files: post records from jsonl, fastText-labelled or howyoutagtweets (hyt) files.
+
+Readers never crash on bad lines: each one is skipped and counted by reason in ``ReadStats``.
+An unrecognisable file is a clear ``ValueError`` naming the file and the formats accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from tagspace.text import extract_hashtags, normalize_tag, tokenize
+
+FORMATS = ("auto", "jsonl", "fasttext", "hyt")
+MAX_LINE_BYTES = 64 * 1024  # a post is short; a longer line is junk, not a post
+MAX_TAGS = 64
+_FASTTEXT_LABEL = "__label__"
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    post_id: str
+    user_id: str | None
+    ts: float | None
+    tokens: tuple[str, ...]
+    tags: tuple[str, ...]
+
+
+@dataclass
+class ReadStats:
+    """How many lines were read and why the skipped ones were skipped."""
+
+    lines: int = 0
+    posts: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] += 1
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items()))
+        return f"{self.posts} posts from {self.lines} lines" + (
+            f" (skipped {sum(self.skipped.values())}: {reasons})" if reasons else ""
+        )
+
+
+def detect_format(path: Path) -> str:
+    """Guess a file's format from its first non-empty lines."""
+    with path.open("rb") as f:
+        for raw in f:
+            line = raw[:MAX_LINE_BYTES].decode("utf-8", errors="replace").strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                return "jsonl"
+            if line.startswith(_FASTTEXT_LABEL):
+                return "fasttext"
+            if line.count("\t") >= 2:
+                return "hyt"
+            break
+    raise ValueError(
+        f"{path}: cannot detect the format (expected jsonl post records, fastText "
+        "'__label__tag text' lines, or hyt 'text<TAB>user<TAB>tag...' lines); pass --format"
+    )
+
+
+def read_posts(
+    path: str | Path,
+    fmt: str = "auto",
+    stats: ReadStats | None = None,
+    *,
+    require_tags: bool = False,
+    require_tokens: bool = False,
+) -> Iterator[Post]:
+    """Yield the valid posts of ``path``; skipped lines are counted in ``stats``."""
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    parse = {"jsonl": _parse_jsonl, "fasttext": _parse_fasttext, "hyt": _parse_hyt}[fmt]
+    stats = stats if stats is not None else ReadStats()
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f):
+            stats.lines += 1
+            if len(raw) > MAX_LINE_BYTES:
+                stats.skip("line_too_long")
+                continue
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                stats.skip("invalid_utf8")
+                continue
+            if not line.strip():
+                stats.skip("empty_line")
+                continue
+            try:
+                post = parse(line, f"{path.stem}:{lineno}", float(lineno))
+            except _BadRecord as e:
+                stats.skip(str(e))
+                continue
+            if require_tags and not post.tags:
+                stats.skip("no_tags")
+                continue
+            if require_tokens and not post.tokens:
+                stats.skip("no_text")
+                continue
+            stats.posts += 1
+            yield post
+
+
+class _BadRecord(ValueError):
+    """A line that is not a valid record; the message is the counted reason."""
+
+
+def _clean_tags(tags: list[str]) -> tuple[str, ...]:
+    if len(tags) > MAX_TAGS:
+        raise _BadRecord("too_many_tags")
+    seen: dict[str, None] = {}
+    for tag in tags:
+        normal = normalize_tag(tag)
+        if normal and not any(c.isspace() for c in normal):
+            seen.setdefault(normal, None)
+    return tuple(seen)
+
+
+def _parse_fasttext(line: str, default_id: str, default_ts: float) -> Post:
+    words = line.split()
+    labels = [w[len(_FASTTEXT_LABEL) :] for w in words if w.startswith(_FASTTEXT_LABEL)]
+    text = " ".join(w for w in words if not w.startswith(_FASTTEXT_LABEL))
+    return Post(default_id, None, default_ts, tokenize(text), _clean_tags(labels))
+
+
+def _parse_hyt(line: str, default_id: str, default_ts: float) -> Post:
+    fields = line.split("\t")
+    if len(fields) < 3:
+        raise _BadRecord("hyt_too_few_fields")
+    text, user, tags = fields[0], fields[1].strip(), fields[2:]
+    if not user:
+        raise _BadRecord("missing_user_id")
+    return Post(default_id, user, default_ts, tokenize(text), _clean_tags(tags))
+
+
+def _parse_jsonl(line: str, default_id: str, default_ts: float) -> Post:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        raise _BadRecord("invalid_json") from None
+    return post_from_record(record, default_ts, _BadRecord)
+
+
+def post_from_record(record: object, default_ts: float | None, error: type[ValueError]) -> Post:
+    """Validate a decoded post record (``../shared/CONTRACT.md``); raise ``error(reason)``."""
+    if not isinstance(record, dict):
+        raise error("not_an_object")
+    for key in ("post_id", "user_id", "text"):
+        value = record.get(key)
+        if not isinstance(value, str):
+            raise error(f"missing_or_invalid_{key}")
+        if key != "text" and (not value or len(value) > 256):
+            raise error(f"missing_or_invalid_{key}")
+    text = record["text"]
+    tags = record.get("tags")
+    if tags is None:
+        labels = extract_hashtags(text)
+    elif isinstance(tags, list) and all(isinstance(t, str) for t in tags):
+        labels = _clean_tags(tags)
+    else:
+        raise error("invalid_tags")
+    return Post(
+        record["post_id"], record["user_id"], _parse_ts(record.get("ts"), default_ts, error),
+        tokenize(text), labels,
+    )
+
+
+def _parse_ts(value: object, default: float | None, error: type[ValueError]) -> float | None:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise error("invalid_ts")
+    if isinstance(value, int | float):
+        ts = float(value)
+    elif isinstance(value, str):
+        try:
+            ts = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise error("invalid_ts") from None
+    else:
+        raise error("invalid_ts")
+    if not math.isfinite(ts) or ts < 0:
+        raise error("invalid_ts")
+    return ts

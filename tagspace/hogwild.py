@@ -1,0 +1,246 @@
+"""Hogwild parallel SGD (Niu et al. 2011) with WARP, as the paper trains #TagSpace.
+
+N worker threads update one shared model without locks. Each worker has its own RNG
+(seed + rank), its own AdaGrad state and its own ``nn.Module`` copy of the encoder whose
+parameters alias the shared memory: updates land in place for everyone, while each worker's
+autograd version counters stay its own (threads sharing one tensor object would trip autograd's
+in-place checks). Lookup tables are updated sparsely: a step gathers only the rows its batch
+touches and scatters the AdaGrad step back with ``index_add_``.
+
+PyTorch releases the GIL inside its kernels, so threads run in parallel on the GEMMs.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tagspace.batch import EncodedPosts, make_batch
+from tagspace.model import TagSpaceModel
+from tagspace.warp import WarpStats, block_warp_loss, sample_sequential_negatives
+
+WARP_MODES = ("block", "sequential")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 0.05  # AdaGrad step size
+    batch_size: int = 32
+    negatives: int = 1000  # block size S (block WARP) and max draws T (both versions)
+    margin: float = 0.1
+    warp: str = "block"
+    workers: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.warp not in WARP_MODES:
+            raise ValueError(f"warp must be one of {WARP_MODES}, got {self.warp!r}")
+        for name in ("epochs", "batch_size", "negatives", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class StepStats:
+    examples: int
+    loss: float
+    violating: int
+    trials: float
+
+
+class HogwildWorker:
+    """One thread's view of the shared model: its own RNG, optimizer state and autograd."""
+
+    def __init__(
+        self, model: TagSpaceModel, config: TrainConfig, rank: int, pad_id: int, unk_id: int
+    ):
+        self.model = model
+        self.config = config
+        self.rng = np.random.default_rng([config.seed, rank])
+        self.pad_id, self.unk_id = pad_id, unk_id
+        self.encoder = copy.deepcopy(model.encoder)
+        for mine, shared in zip(self.encoder.parameters(), model.encoder.parameters(), strict=True):
+            mine.data = shared.data  # same memory, this worker's own version counter
+        self.encoder.train()
+        self._dense_acc = [torch.zeros_like(p) for p in self.encoder.parameters()]
+        self._word_acc = torch.zeros(model.word_emb.shape[0])
+        self._tag_acc = torch.zeros(model.tag_emb.shape[0])
+
+    def step(self, word_ids: Sequence[np.ndarray], gold: Sequence[np.ndarray]) -> StepStats:
+        """One WARP step on a batch of posts, each with >= 1 known tag id in ``gold``."""
+        cfg = self.config
+        words, tags = self.model.word_emb.data, self.model.tag_emb.data
+        n_tags = tags.shape[0]
+        self._grow_state(words.shape[0], n_tags)
+        ids, mask = make_batch(word_ids, self.model.config, self.pad_id, self.unk_id)
+        pos = np.fromiter((g[self.rng.integers(len(g))] for g in gold), np.int64, len(gold))
+        word_rows, word_index = torch.unique(ids, return_inverse=True)
+        x_rows = words[word_rows].requires_grad_()
+        post = self.encoder(x_rows[word_index], mask)  # (B, d)
+
+        if cfg.warp == "block":
+            negs = self.rng.integers(n_tags, size=cfg.negatives)
+            tag_rows, tag_index = torch.unique(
+                torch.from_numpy(np.concatenate([pos, negs])), return_inverse=True
+            )
+            t_rows = tags[tag_rows].requires_grad_()
+            t_pos, t_neg = t_rows[tag_index[: len(pos)]], t_rows[tag_index[len(pos) :]]
+            pos_scores = (post * t_pos).sum(1)  # (B,)
+            valid = torch.from_numpy(_not_gold(negs, gold))  # (B, S)
+            loss, stats = block_warp_loss(
+                pos_scores, post @ t_neg.T, valid, n_tags, cfg.margin, cfg.negatives
+            )
+        else:
+            pos_t = torch.from_numpy(pos)
+            pos_scores = (post * tags[pos_t]).sum(1)
+            negs, weights, trials = sample_sequential_negatives(
+                post.detach(), pos_scores.detach(), tags, list(gold), cfg.margin,
+                cfg.negatives, self.rng,
+            )
+            hit = negs >= 0
+            tag_rows, tag_index = torch.unique(
+                torch.from_numpy(np.concatenate([pos[hit], negs[hit]])), return_inverse=True
+            )
+            t_rows = tags[tag_rows].requires_grad_()
+            n_hit = int(hit.sum())
+            t_pos, t_neg = t_rows[tag_index[:n_hit]], t_rows[tag_index[n_hit:]]
+            p_hit = post[torch.from_numpy(hit)]
+            hinge = (cfg.margin - (p_hit * t_pos).sum(1) + (p_hit * t_neg).sum(1)).clamp_min(0)
+            loss = (torch.from_numpy(weights[hit]).float() * hinge).sum()
+            stats = WarpStats(float(loss), n_hit, float(trials.mean()))
+
+        if stats.violating:
+            params = list(self.encoder.parameters())
+            grads = torch.autograd.grad(loss, [x_rows, t_rows, *params])
+            with torch.no_grad():
+                self._adagrad_rows(words, self._word_acc, word_rows, grads[0])
+                self._adagrad_rows(tags, self._tag_acc, tag_rows, grads[1])
+                for p, acc, g in zip(params, self._dense_acc, grads[2:], strict=True):
+                    acc.addcmul_(g, g)
+                    p.addcdiv_(g, acc.sqrt().add_(1e-8), value=-cfg.lr)
+        return StepStats(len(gold), stats.loss, stats.violating, stats.trials)
+
+    def _adagrad_rows(
+        self, table: torch.Tensor, acc: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor
+    ) -> None:
+        # Row-wise AdaGrad (one accumulator per row, as StarSpace does): sparse and cheap.
+        acc.index_add_(0, rows, grad.pow(2).mean(1))
+        scale = -self.config.lr / (acc[rows].sqrt() + 1e-8)
+        table.index_add_(0, rows, grad * scale.unsqueeze(1))
+
+    def _grow_state(self, n_words: int, n_tags: int) -> None:
+        # Online vocabularies can grow; new rows start with fresh optimizer state.
+        if n_words > len(self._word_acc):
+            self._word_acc = torch.cat([self._word_acc, torch.zeros(n_words - len(self._word_acc))])
+        if n_tags > len(self._tag_acc):
+            self._tag_acc = torch.cat([self._tag_acc, torch.zeros(n_tags - len(self._tag_acc))])
+
+
+def _not_gold(negs: np.ndarray, gold: Sequence[np.ndarray]) -> np.ndarray:
+    """(B, S): True where draw j is not one of post i's known positives."""
+    width = max(len(g) for g in gold)
+    table = np.full((len(gold), width), -1, np.int64)
+    for i, g in enumerate(gold):
+        table[i, : len(g)] = g
+    return ~(negs[None, :, None] == table[:, None, :]).any(-1)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    examples: int
+    loss: float
+    seconds: float
+
+
+class HogwildTrainer:
+    """Trains a model on encoded posts for ``config.epochs`` with ``config.workers`` threads."""
+
+    def __init__(self, model: TagSpaceModel, config: TrainConfig, pad_id: int, unk_id: int):
+        self.model = model
+        self.config = config
+        self.workers = [
+            HogwildWorker(model, config, rank, pad_id, unk_id) for rank in range(config.workers)
+        ]
+        self.rng = np.random.default_rng(config.seed)
+        self._errors: list[BaseException] = []
+
+    def fit(
+        self,
+        data: EncodedPosts,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+        progress: bool = True,
+        desc: str = "train",
+    ) -> list[EpochStats]:
+        usable = np.flatnonzero([len(t) > 0 for t in data.tags])
+        if len(usable) == 0:
+            raise ValueError("no training post has a known tag")
+        threads_each = max(1, (os.cpu_count() or 1) // self.config.workers)
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(threads_each)
+        history = []
+        try:
+            for epoch in range(1, self.config.epochs + 1):
+                start = time.perf_counter()
+                order = self.rng.permutation(usable)
+                bs = self.config.batch_size
+                batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+                bar = tqdm(
+                    total=len(order), desc=f"{desc} epoch {epoch}/{self.config.epochs}",
+                    unit="post", disable=not progress, leave=False,
+                )
+                losses = [0.0] * len(self.workers)
+                threads = [
+                    threading.Thread(
+                        target=self._run, args=(w, batches[r :: len(self.workers)], data,
+                                                losses, r, bar), daemon=True,
+                    )
+                    for r, w in enumerate(self.workers)
+                ]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                bar.close()
+                if self._errors:
+                    raise RuntimeError("a Hogwild worker failed") from self._errors[0]
+                self._check_finite()
+                stats = EpochStats(epoch, len(order), sum(losses) / len(order),
+                                   time.perf_counter() - start)
+                history.append(stats)
+                if on_epoch:
+                    on_epoch(stats)
+        finally:
+            torch.set_num_threads(previous_threads)
+        return history
+
+    def _run(self, worker: HogwildWorker, batches: list[np.ndarray], data: EncodedPosts,
+             losses: list[float], rank: int, bar: tqdm) -> None:
+        try:
+            for idx in batches:
+                stats = worker.step([data.words[i] for i in idx], [data.tags[i] for i in idx])
+                losses[rank] += stats.loss
+                bar.update(len(idx))
+        except BaseException as e:  # re-raised by fit() in the main thread
+            self._errors.append(e)
+
+    def _check_finite(self) -> None:
+        for name, p in self.model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise FloatingPointError(
+                    f"parameter {name} is no longer finite: lower the learning rate"
+                )

@@ -1,0 +1,94 @@
+"""The #TagSpace scoring function f(w, t) = e_conv(w) . e_lt(t) and the WSABIE baseline.
+
+#TagSpace (paper section 3): lookup table -> convolution over windows of K words with H filters
+-> tanh -> max over time -> tanh -> linear H x d. WSABIE (section 4.2): the mean of the post's
+word vectors. Both score a tag by the dot product with the tag's own d-dim lookup-table row.
+
+Encoders take already looked-up word vectors so that Hogwild workers can gather just the rows
+a batch touches and update them sparsely (see ``tagspace.hogwild``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+ENCODERS = ("conv", "bag")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = "conv"  # "conv" = #TagSpace, "bag" = WSABIE
+    dim: int = 256  # d: word, tag and post embedding size
+    kernel: int = 5  # K: words per convolution window
+    hidden: int = 1000  # H: convolution filters
+    dropout: float = 0.0  # on the H-dim max-pooled features, training only
+    n_words: int = 2  # word vocabulary size, specials included
+    n_tags: int = 1
+    init_scale: float = 0.1  # lookup tables start as N(0, init_scale^2 / d)
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        for name in ("dim", "kernel", "hidden", "n_words", "n_tags"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def pad(self) -> int:
+        """Padding vectors at each end: every word is the centre of one window."""
+        return self.kernel // 2 if self.encoder == "conv" else 0
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class ConvEncoder(nn.Module):
+    """Post embedding of the paper's Figure 1, from looked-up word vectors."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.kernel = config.kernel
+        self.conv = nn.Linear(config.kernel * config.dim, config.hidden)  # K*d x H weights, H biases
+        self.out = nn.Linear(config.hidden, config.dim)  # H x d
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, d) vectors, boundary padding included; mask: (B, W) valid windows."""
+        batch, windows = mask.shape
+        x = x.unfold(1, self.kernel, 1)  # (B, W, d, K)
+        x = x.transpose(2, 3).reshape(batch, windows, -1)  # (B, W, K*d): one GEMM for the conv
+        h = torch.tanh(self.conv(x))  # (B, W, H)
+        h = h.masked_fill(~mask.unsqueeze(-1), -2.0)  # below tanh's range: never the max
+        h = h.amax(dim=1)  # (B, H) max over time
+        return self.out(self.dropout(torch.tanh(h)))  # (B, d)
+
+
+class BagEncoder(nn.Module):
+    """WSABIE's post embedding: the mean of its word vectors (f(w, t) = w^T U^T V t)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+        return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, d)
+
+
+class TagSpaceModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        scale = config.init_scale / config.dim**0.5
+        self.word_emb = nn.Parameter(torch.randn(config.n_words, config.dim) * scale)
+        self.tag_emb = nn.Parameter(torch.randn(config.n_tags, config.dim) * scale)
+        self.encoder: nn.Module = ConvEncoder(config) if config.encoder == "conv" else BagEncoder()
+
+    def embed_posts(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids: (B, L) word ids with boundary padding; mask: (B, W) -> (B, d)."""
+        return self.encoder(self.word_emb[ids], mask)
+
+    def score_all(self, post_emb: torch.Tensor) -> torch.Tensor:
+        """(B, d) -> (B, n_tags): f(w, t) for every tag."""
+        return post_emb @ self.tag_emb.T

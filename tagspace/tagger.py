@@ -1,0 +1,65 @@
+"""A trained model with its vocabularies: embeds posts, scores every tag, suggests the top k."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tagspace.batch import MAX_TOKENS, make_batch, special_ids
+from tagspace.dataset import Post
+from tagspace.model import TagSpaceModel
+from tagspace.text import tokenize
+from tagspace.vocab import UNK, Vocabulary
+
+
+@dataclass
+class Suggestion:
+    tag: str
+    score: float
+
+
+class Tagger:
+    """The scorer of a trained #TagSpace or WSABIE model (a ``TagScorer``)."""
+
+    def __init__(self, model: TagSpaceModel, words: Vocabulary, tags: Vocabulary):
+        if model.config.n_words != len(words) or model.config.n_tags != len(tags):
+            raise ValueError("model and vocabulary sizes differ")
+        self.model = model.eval()
+        self.words = words
+        self.tags = tags
+        self.pad_id, self.unk_id = special_ids(words)
+
+    @property
+    def name(self) -> str:
+        return "#TagSpace" if self.model.config.encoder == "conv" else "WSABIE"
+
+    def word_ids(self, tokens: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.words.encode(tokens[:MAX_TOKENS], self.words.index(UNK)), np.int64)
+
+    @torch.no_grad()
+    def embed_tokens(self, token_lists: Sequence[Sequence[str]]) -> torch.Tensor:
+        """(P, d) post embeddings e_conv(w)."""
+        ids, mask = make_batch(
+            [self.word_ids(t) for t in token_lists], self.model.config, self.pad_id, self.unk_id
+        )
+        return self.model.embed_posts(ids, mask)
+
+    @torch.no_grad()
+    def scores(self, posts: Sequence[Post]) -> np.ndarray:
+        """(P, n_tags): f(w, t) for every post and tag."""
+        return self.model.score_all(self.embed_tokens([p.tokens for p in posts])).numpy()
+
+    def suggest(self, text: str, k: int = 10) -> list[Suggestion]:
+        post = Post("", None, None, tokenize(text), ())
+        row = self.scores([post])[0]
+        return top_k(row, self.tags, k)
+
+
+def top_k(row: np.ndarray, tags: Vocabulary, k: int) -> list[Suggestion]:
+    """The k best tags of one score row, best first (ties by tag id, as in the metrics)."""
+    k = max(0, min(k, len(row)))
+    best = np.argsort(-row, kind="stable")[:k]
+    return [Suggestion(tags.tokens[i], float(row[i])) for i in best]

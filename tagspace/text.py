@@ -1,0 +1,62 @@
+"""Text processing for raw social posts: hashtags out as labels, the rest as model tokens.
+
+Normalisation, in order: Unicode NFC, URLs -> ``<url>``, @mentions -> ``<user>``, hashtags
+extracted as labels and removed, case folding, numbers -> ``<num>``, punctuation and each emoji
+split into tokens of their own. Already-tokenised corpora (howyoutagtweets) pass through unchanged
+apart from case folding.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+URL_TOKEN = "<url>"
+USER_TOKEN = "<user>"
+NUM_TOKEN = "<num>"
+
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_MENTION = re.compile(r"(?<![\w@])@\w{1,30}")
+# A hashtag starts at a word boundary and holds word characters (any script) plus inner '_'/'-'.
+_HASHTAG = re.compile(r"(?<![\w#&])#(\w(?:[\w-]*\w)?)")
+_TOKEN = re.compile(r"<url>|<user>|\w+(?:['’]\w+)*|[^\w\s]")
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*(?:st|nd|rd|th|k|m|s)?")
+# Joiners and variation selectors glue emoji sequences together; they carry no meaning alone.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200d\ufe0e\ufe0f\u200b\u200c\u2060\ufeff"), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedText:
+    tokens: tuple[str, ...]
+    hashtags: tuple[str, ...]
+
+
+def normalize_tag(tag: str) -> str:
+    """A label as the model stores it: NFC, case-folded, without a leading '#', trimmed."""
+    return unicodedata.normalize("NFC", tag).strip().lstrip("#").casefold()
+
+
+def extract_hashtags(text: str) -> tuple[str, ...]:
+    """The distinct hashtags of ``text`` in order of first appearance, normalised."""
+    seen: dict[str, None] = {}
+    for match in _HASHTAG.finditer(_URL.sub(" ", text)):
+        seen.setdefault(normalize_tag(match.group(1)), None)
+    return tuple(seen)
+
+
+def tokenize(text: str) -> tuple[str, ...]:
+    """Model tokens of ``text`` with hashtags removed (they are labels, never input)."""
+    text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
+    text = _URL.sub(f" {URL_TOKEN} ", text)
+    text = _MENTION.sub(f" {USER_TOKEN} ", text)
+    text = _HASHTAG.sub(" ", text)
+    tokens = []
+    for token in _TOKEN.findall(text.casefold()):
+        tokens.append(NUM_TOKEN if _NUMBER.fullmatch(token) else token)
+    return tuple(tokens)
+
+
+def parse_post_text(text: str) -> ParsedText:
+    """Split a raw post into model tokens and its hashtag labels."""
+    return ParsedText(tokens=tokenize(text), hashtags=extract_hashtags(text))

@@ -1,0 +1,84 @@
+"""From posts to a trained Tagger: vocabularies, WSABIE initialisation, Hogwild WARP training."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from tagspace.batch import EncodedPosts, special_ids
+from tagspace.checkpoint import WORD_SPECIALS
+from tagspace.dataset import Post
+from tagspace.hogwild import EpochStats, HogwildTrainer, TrainConfig
+from tagspace.model import ModelConfig, TagSpaceModel
+from tagspace.tagger import Tagger
+from tagspace.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
+MODELS = {"tagspace": "conv", "wsabie": "bag"}
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    min_word_count: int = 1
+    max_words: int = 1_000_000  # the paper's 1M words
+    min_tag_count: int = 1
+    max_tags: int = 100_000  # the paper's 100k tags
+
+
+def build_vocabularies(posts: Sequence[Post], config: VocabConfig) -> tuple[Vocabulary, Vocabulary]:
+    words = Vocabulary.build(
+        (p.tokens for p in posts), min_count=config.min_word_count,
+        max_size=config.max_words, specials=WORD_SPECIALS,
+    )
+    tags = Vocabulary.build(
+        (p.tags for p in posts), min_count=config.min_tag_count, max_size=config.max_tags
+    )
+    if len(tags) == 0:
+        raise ValueError("the training data has no hashtags: nothing to learn")
+    return words, tags
+
+
+def train_tagger(
+    posts: Sequence[Post],
+    model_name: str,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    vocab_config: VocabConfig = VocabConfig(),
+    init_from: Tagger | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    progress: bool = True,
+    vocabularies: tuple[Vocabulary, Vocabulary] | None = None,
+) -> Tagger:
+    """Train ``model_name`` ("tagspace" or "wsabie") on ``posts`` that carry tags.
+
+    ``init_from``: a trained model over the same vocabularies whose lookup tables seed this one
+    (the paper initialises #TagSpace from WSABIE "to expedite convergence").
+    """
+    if model_name not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {model_name!r}")
+    words, tags = vocabularies or build_vocabularies(posts, vocab_config)
+    config = replace(model_config, encoder=MODELS[model_name], n_words=len(words), n_tags=len(tags))
+    torch.manual_seed(train_config.seed)
+    model = TagSpaceModel(config)
+    if init_from is not None:
+        _copy_lookup_tables(init_from, model, words, tags)
+    data = EncodedPosts.encode(posts, words, tags)
+    pad_id, unk_id = special_ids(words)
+    trainer = HogwildTrainer(model, train_config, pad_id, unk_id)
+    trainer.fit(data, on_epoch=on_epoch, progress=progress, desc=model_name)
+    return Tagger(model, words, tags)
+
+
+def _copy_lookup_tables(
+    source: Tagger, target: TagSpaceModel, words: Vocabulary, tags: Vocabulary
+) -> None:
+    if source.model.config.dim != target.config.dim:
+        raise ValueError("init model has a different dimension")
+    if source.words.tokens != words.tokens or source.tags.tokens != tags.tokens:
+        raise ValueError("init model was trained with other vocabularies")
+    with torch.no_grad():
+        target.word_emb.copy_(source.model.word_emb)
+        target.tag_emb.copy_(source.model.tag_emb)

@@ -1,0 +1,103 @@
+"""Word and tag vocabularies: token <-> id with counts, a minimum count and a size cap.
+
+The paper keeps the 1M most frequent words and the 100k most frequent tags. Ties in count are
+broken by first appearance so that building twice from the same data gives the same ids.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+PAD = "<pad>"
+UNK = "<unk>"
+
+
+class Vocabulary:
+    """An ordered token list; ids are positions. Specials (if any) come first with count 0."""
+
+    def __init__(self, tokens: Sequence[str], counts: Sequence[int], specials: Sequence[str] = ()):
+        if len(tokens) != len(counts):
+            raise ValueError("tokens and counts differ in length")
+        self.specials = tuple(specials)
+        self.tokens: list[str] = list(self.specials) + [t for t in tokens if t not in self.specials]
+        self.counts: list[int] = [0] * len(self.specials) + [
+            c for t, c in zip(tokens, counts, strict=True) if t not in self.specials
+        ]
+        self._ids = {t: i for i, t in enumerate(self.tokens)}
+        if len(self._ids) != len(self.tokens):
+            raise ValueError("vocabulary tokens must be distinct")
+
+    @classmethod
+    def build(
+        cls,
+        streams: Iterable[Iterable[str]],
+        *,
+        min_count: int = 1,
+        max_size: int | None = None,
+        specials: Sequence[str] = (),
+    ) -> Vocabulary:
+        """Count tokens over ``streams`` (one iterable per post) and keep the frequent ones."""
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        counter: Counter[str] = Counter()
+        for stream in streams:
+            counter.update(stream)
+        kept = [(t, c) for t, c in counter.most_common() if c >= min_count and t not in specials]
+        if max_size is not None:
+            kept = kept[: max(0, max_size - len(specials))]
+        return cls([t for t, _ in kept], [c for _, c in kept], specials)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._ids
+
+    def get(self, token: str, default: int | None = None) -> int | None:
+        return self._ids.get(token, default)
+
+    def index(self, token: str) -> int:
+        """The id of ``token``; KeyError if unknown."""
+        return self._ids[token]
+
+    def encode(self, tokens: Iterable[str], unknown: int | None = None) -> list[int]:
+        """Ids of ``tokens``; unknown ones map to ``unknown`` or are dropped when it is None."""
+        ids = (self._ids.get(t, unknown) for t in tokens)
+        return [i for i in ids if i is not None]
+
+    def save(self, path: Path) -> None:
+        """One ``token<TAB>count`` line per id (tokens never contain tabs or newlines)."""
+        lines = [f"{_escape(t)}\t{c}\n" for t, c in zip(self.tokens, self.counts, strict=True)]
+        path.write_text("".join(lines), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path, specials: Sequence[str] = ()) -> Vocabulary:
+        tokens, counts = [], []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            token, sep, count = line.rpartition("\t")
+            if not sep or not count.isdigit():
+                raise ValueError(f"{path}:{n}: expected 'token<TAB>count'")
+            tokens.append(_unescape(token))
+            counts.append(int(count))
+        head = tuple(tokens[: len(specials)])
+        if head != tuple(specials):
+            raise ValueError(f"{path}: expected specials {specials}, found {head}")
+        return cls(tokens[len(specials) :], counts[len(specials) :], specials)
+
+
+def _escape(token: str) -> str:
+    return token.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def _unescape(token: str) -> str:
+    out, i = [], 0
+    while i < len(token):
+        if token[i] == "\\" and i + 1 < len(token):
+            out.append({"t": "\t", "n": "\n"}.get(token[i + 1], token[i + 1]))
+            i += 2
+        else:
+            out.append(token[i])
+            i += 1
+    return "".join(out)
