@@ -1,0 +1,123 @@
+"""The ``tagspace`` command line (``tagspace --help``; each subcommand has its own ``--help``).
+
+Options can also come from a TOML config file (``--config FILE``): keys are the long option
+names (``epochs = 20``, ``batch-size = 64``), flags on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tagspace.dataset import FORMATS, Post, ReadStats, read_posts
+
+log = logging.getLogger("tagspace")
+
+EPILOG = """examples:
+  tagspace train --data data/cooking/cooking.train --valid data/cooking/cooking.valid \\
+      --model tagspace --dim 64 --out runs/cooking
+  tagspace evaluate --model runs/cooking --data data/cooking/cooking.valid
+  tagspace suggest --model runs/cooking --k 5 "how long to rest a steak?"
+  tagspace compare --train train.csv --test valid.csv --out runs/compare
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:  # bad arguments or input: one clear line, no traceback
+        print(f"tagspace {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tagspace import cli_commands as c
+
+    parser = argparse.ArgumentParser(
+        prog="tagspace", description="#TagSpace hashtag and feed recommender "
+        "(Weston, Chopra, Adams, EMNLP 2014).", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (func, help_text, add_args) in c.COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_args(p)
+        p.add_argument("--config", type=Path, help="TOML file of option defaults (long names)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+        p.set_defaults(func=func)
+    return parser
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Any:
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None:
+        return args
+    try:
+        settings = tomllib.loads(args.config.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        parser.error(f"--config {args.config}: {e}")
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    known = {a.dest: a for a in sub._actions}
+    defaults = {}
+    for key, value in settings.items():
+        dest = key.replace("-", "_")
+        if dest not in known or dest in ("config", "func"):
+            parser.error(f"--config {args.config}: unknown setting {key!r} for {args.command}")
+        defaults[dest] = value
+    sub.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def load_posts(paths: Sequence[Path], fmt: str, *, require_tags: bool) -> list[Post]:
+    """Read every file, log what was skipped and why."""
+    posts: list[Post] = []
+    for path in paths:
+        stats = ReadStats()
+        posts.extend(read_posts(path, fmt, stats, require_tags=require_tags))
+        log.info("%s: %s", path, stats.summary())
+        if stats.posts == 0:
+            raise ValueError(f"{path}: no usable posts ({stats.summary()})")
+    return posts
+
+
+def add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", default="auto", choices=FORMATS, help="dataset file format")
+
+
+def print_metrics(metrics: dict[str, Any], json_path: Path | None) -> None:
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,235 @@
+"""The subcommands of ``tagspace``: arguments and what each one does."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tagspace.cli import Timer, add_format, load_posts, print_metrics
+
+log = logging.getLogger("tagspace")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, action="append", required=True,
+                   help="training posts (repeatable)")
+    p.add_argument("--valid", type=Path, help="validation posts: reported after training and "
+                   "used to tune the author-history weight when posts have authors")
+    p.add_argument("--model", choices=("tagspace", "wsabie"), default="tagspace")
+    p.add_argument("--dim", type=int, default=256, help="embedding dimension d")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    add_format(p)
+    add_training_options(p)
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and training")
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--lr", type=float, default=None,
+                   help="AdaGrad step (default: 0.01 for tagspace, 0.05 for wsabie)")
+    g.add_argument("--batch-size", type=int, default=32, help="posts per Hogwild step")
+    g.add_argument("--negatives", type=int, default=1000,
+                   help="WARP: negatives per block / max draws per example")
+    g.add_argument("--margin", type=float, default=0.1, help="WARP margin m")
+    g.add_argument("--warp", choices=("block", "sequential"), default="block")
+    g.add_argument("--workers", type=int, default=2, help="Hogwild threads")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--kernel", type=int, default=5, help="CNN window K")
+    g.add_argument("--hidden", type=int, default=1000, help="CNN filters H")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout on pooled CNN features")
+    g.add_argument("--init", choices=("wsabie", "random"), default="wsabie",
+                   help="tagspace lookup tables: from a WSABIE model trained first, or random")
+    g.add_argument("--init-epochs", type=int, default=10, help="WSABIE epochs for --init wsabie")
+    g.add_argument("--min-word-count", type=int, default=1)
+    g.add_argument("--max-words", type=int, default=1_000_000)
+    g.add_argument("--max-tags", type=int, default=100_000)
+
+
+def train_configs(args: Any, model_name: str) -> tuple[Any, Any, Any]:
+    from tagspace.hogwild import TrainConfig
+    from tagspace.model import ModelConfig
+    from tagspace.training import VocabConfig
+
+    default_lr = 0.01 if model_name == "tagspace" else 0.05
+    train = TrainConfig(
+        epochs=args.epochs, lr=args.lr or default_lr, batch_size=args.batch_size,
+        negatives=args.negatives, margin=args.margin, warp=args.warp, workers=args.workers,
+        seed=args.seed,
+    )
+    model = ModelConfig(dim=args.dim, kernel=args.kernel, hidden=args.hidden,
+                        dropout=args.dropout)
+    vocab = VocabConfig(min_word_count=args.min_word_count, max_words=args.max_words,
+                        max_tags=args.max_tags)
+    return train, model, vocab
+
+
+def cmd_train(args: Any) -> int:
+    from dataclasses import replace
+
+    from tagspace.checkpoint import Checkpoint, save_checkpoint
+    from tagspace.evaluate import evaluate
+    from tagspace.personalize import AuthorProfiles, tune_weight
+    from tagspace.training import build_vocabularies, train_tagger
+
+    posts = load_posts(args.data, args.format, require_tags=True)
+    valid = load_posts([args.valid], args.format, require_tags=True) if args.valid else None
+    train_cfg, model_cfg, vocab_cfg = train_configs(args, args.model)
+    progress = not args.quiet
+    vocabs = build_vocabularies(posts, vocab_cfg)
+    log.info("vocabularies: %d words, %d tags", len(vocabs[0]), len(vocabs[1]))
+    with Timer() as timer:
+        init = None
+        if args.model == "tagspace" and args.init == "wsabie":
+            wsabie_cfg = replace(train_cfg, epochs=args.init_epochs, lr=0.05)
+            init = train_tagger(posts, "wsabie", model_cfg, wsabie_cfg, progress=progress,
+                                vocabularies=vocabs)
+        tagger = train_tagger(
+            posts, args.model, model_cfg, train_cfg, progress=progress, vocabularies=vocabs,
+            init_from=init, on_epoch=lambda s: log.info(
+                "epoch %d: loss %.4f, %.0f posts/s", s.epoch, s.loss, s.examples / s.seconds),
+        )
+    extra: dict[str, Any] = {"train_seconds": round(timer.seconds, 1),
+                             "train_files": [str(p) for p in args.data]}
+    if valid:
+        metrics = evaluate(tagger, valid, progress=progress).metrics
+        print(f"validation ({args.valid}):")
+        print_metrics(metrics.to_dict(), None)
+        extra["valid"] = metrics.to_dict()
+        profiles = AuthorProfiles.from_posts(posts)
+        if len(profiles) and any(p.user_id for p in valid):
+            weight, _ = tune_weight(tagger, profiles, valid)
+            extra["personalize_weight"] = weight
+            log.info("author-history weight tuned on %s: %s", args.valid, weight)
+    train_dict = {**train_cfg.to_dict(), "init": args.init if args.model == "tagspace" else None}
+    out = save_checkpoint(args.out, Checkpoint(tagger, train_dict, extra))
+    print(f"model written to {out} ({timer.seconds:.0f} s to train)")
+    return 0
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="model directory")
+    p.add_argument("--data", type=Path, required=True, help="posts to evaluate")
+    p.add_argument("--personalize", type=Path, action="append", default=[],
+                   help="posts whose authors' hashtags form each author's profile (repeatable; "
+                   "typically the training files)")
+    p.add_argument("--weight", type=float, default=None,
+                   help="author-history weight (default: the one tuned at training time)")
+    p.add_argument("--json", type=Path, help="also write the metrics as JSON")
+    add_format(p)
+
+
+def cmd_evaluate(args: Any) -> int:
+    from tagspace.checkpoint import load_checkpoint
+    from tagspace.evaluate import evaluate
+
+    checkpoint = load_checkpoint(args.model)
+    posts = load_posts([args.data], args.format, require_tags=True)
+    scorer = _maybe_personalized(checkpoint, args.personalize, args.weight, args.format)
+    metrics = evaluate(scorer, posts, progress=not args.quiet).metrics
+    print_metrics(metrics.to_dict(), args.json)
+    return 0
+
+
+def _maybe_personalized(checkpoint: Any, files: list[Path], weight: float | None,
+                        fmt: str) -> Any:
+    from tagspace.personalize import AuthorProfiles, PersonalizedScorer
+
+    if not files:
+        return checkpoint.tagger
+    profiles = AuthorProfiles.from_posts(load_posts(files, fmt, require_tags=True))
+    if weight is None:
+        weight = checkpoint.extra.get("personalize_weight")
+    if weight is None:
+        weight = 2.0
+        log.warning("the model has no tuned author-history weight; using %s (see --weight)", weight)
+    log.info("personalized by %d author profiles, weight %s", len(profiles), weight)
+    return PersonalizedScorer(checkpoint.tagger, profiles, float(weight))
+
+
+def _suggest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="model directory")
+    p.add_argument("--k", type=int, default=10, help="how many tags")
+    p.add_argument("--user", help="the author (needs --personalize)")
+    p.add_argument("--personalize", type=Path, action="append", default=[],
+                   help="posts that form the authors' hashtag profiles")
+    p.add_argument("--json", type=Path, help="also write the suggestions as JSON")
+    add_format(p)
+    p.add_argument("text", help="the post text")
+
+
+def cmd_suggest(args: Any) -> int:
+    import json
+
+    from tagspace.checkpoint import load_checkpoint
+    from tagspace.dataset import Post
+    from tagspace.tagger import top_k
+    from tagspace.text import tokenize
+
+    if args.k < 1:
+        raise ValueError("--k must be >= 1")
+    checkpoint = load_checkpoint(args.model)
+    scorer = _maybe_personalized(checkpoint, args.personalize, None, args.format)
+    post = Post("cli", args.user, None, tokenize(args.text), ())
+    best = top_k(scorer.scores([post])[0], checkpoint.tagger.tags, args.k)
+    for s in best:
+        print(f"#{s.tag}\t{s.score:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps([{"tag": s.tag, "score": s.score} for s in best]) + "\n")
+    return 0
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", type=Path, required=True, help="training posts")
+    p.add_argument("--test", type=Path, required=True, help="posts to evaluate on")
+    p.add_argument("--valid", type=Path,
+                   help="posts to tune the author-history weight on (default: --test)")
+    p.add_argument("--out", type=Path, required=True, help="directory for table.md, "
+                   "results.json and plot.png")
+    p.add_argument("--dims", default="64,128,256", help="comma-separated dimensions")
+    p.add_argument("--wsabie-epochs", type=int, default=10)
+    p.add_argument("--word2vec-epochs", type=int, default=10)
+    add_format(p)
+    add_training_options(p)
+    p.set_defaults(dim=0)
+
+
+def cmd_compare(args: Any) -> int:
+    from dataclasses import replace
+
+    from tagspace.compare import CompareConfig, markdown_table, run_compare, write_report
+
+    train = load_posts([args.train], args.format, require_tags=True)
+    test = load_posts([args.test], args.format, require_tags=True)
+    valid = load_posts([args.valid], args.format, require_tags=True) if args.valid else None
+    try:
+        dims = tuple(int(d) for d in args.dims.split(","))
+    except ValueError:
+        raise ValueError(f"--dims must be comma-separated integers, got {args.dims!r}") from None
+    train_cfg, model_cfg, vocab_cfg = train_configs(args, "tagspace")
+    wsabie_cfg = replace(train_cfg, epochs=args.wsabie_epochs, lr=0.05)
+    config = CompareConfig(dims=dims, tagspace=train_cfg, wsabie=wsabie_cfg, model=model_cfg,
+                           vocab=vocab_cfg, word2vec_epochs=args.word2vec_epochs,
+                           init_from_wsabie=args.init == "wsabie")
+    with Timer() as timer:
+        report = run_compare(train, test, config, valid, progress=not args.quiet,
+                             on_row=lambda r: log.info("%s %s: %s", r.method, r.dim or "",
+                                                       r.metrics))
+    report["seconds"] = round(timer.seconds, 1)
+    report["command"] = {k: str(v) for k, v in vars(args).items() if k != "func"}
+    write_report(report, args.out)
+    print(markdown_table(report))
+    print(f"written to {args.out}/ (table.md, results.json, plot.png) in {timer.seconds:.0f} s")
+    return 0
+
+
+Command = tuple[Callable[[Any], int], str, Callable[[argparse.ArgumentParser], None]]
+COMMANDS: dict[str, Command] = {
+    "train": (cmd_train, "train a #TagSpace or WSABIE model on posts with hashtags", _train_args),
+    "evaluate": (cmd_evaluate, "P@1, R@10 and mean rank of a model on posts", _evaluate_args),
+    "suggest": (cmd_suggest, "suggest hashtags for a text", _suggest_args),
+    "compare": (cmd_compare, "the paper's Tables 3/4: all baselines and dimensions",
+                _compare_args),
+}

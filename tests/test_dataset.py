@@ -1,0 +1,77 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from tagspace.dataset import MAX_LINE_BYTES, ReadStats, detect_format, read_posts
+
+
+def write(tmp_path: Path, name: str, content: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def test_jsonl_record_with_and_without_tags(tmp_path):
+    lines = [
+        {"post_id": "p1", "user_id": "u1", "ts": 1700000000.5,
+         "text": "Crazy commute this am #nyc #snow", "tags": ["NYC", "#snow"]},
+        {"post_id": "p2", "user_id": "u1", "ts": "2024-01-01T00:00:00Z", "text": "so #Cold today"},
+    ]
+    path = write(tmp_path, "p.jsonl", "\n".join(json.dumps(x) for x in lines).encode())
+    posts = list(read_posts(path))
+    assert posts[0].tags == ("nyc", "snow") and posts[0].tokens == ("crazy", "commute", "this", "am")
+    assert posts[1].tags == ("cold",) and posts[1].tokens == ("so", "today")
+    assert posts[1].ts == 1704067200.0
+
+
+def test_fasttext_and_hyt_formats(cooking_paths, tmp_path):
+    assert detect_format(cooking_paths[0]) == "fasttext"
+    first = next(read_posts(cooking_paths[0]))
+    assert first.tags and first.tokens and first.user_id is None
+    hyt = write(tmp_path, "h.csv", b"so happy today\t42\tjoy\tlife\n")
+    assert detect_format(hyt) == "hyt"
+    post = next(read_posts(hyt))
+    assert (post.user_id, post.tags, post.tokens) == ("42", ("joy", "life"), ("so", "happy", "today"))
+
+
+def test_bad_lines_are_skipped_and_counted(tmp_path):
+    good = json.dumps({"post_id": "ok", "user_id": "u", "text": "fine #tag"}).encode()
+    bad = [
+        b"{not json",
+        json.dumps({"post_id": 5, "user_id": "u", "text": "x"}).encode(),
+        json.dumps({"post_id": "p", "user_id": "u"}).encode(),
+        json.dumps({"post_id": "p", "user_id": "u", "text": "x", "tags": "nope"}).encode(),
+        json.dumps({"post_id": "p", "user_id": "u", "text": "x", "ts": -1}).encode(),
+        json.dumps([1, 2]).encode(),
+        b'{"post_id": "p", "user_id": "u", "text": "\xff\xfe"}',
+        b"{" + b'"text": "' + b"a" * (MAX_LINE_BYTES + 10) + b'"}',
+        json.dumps({"post_id": "p", "user_id": "u", "text": "x",
+                    "tags": ["t"] * 10_000}).encode(),
+        b"",
+    ]
+    path = write(tmp_path, "mixed.jsonl", b"\n".join([good, *bad, good]))
+    stats = ReadStats()
+    posts = list(read_posts(path, stats=stats))
+    assert len(posts) == 2
+    assert stats.lines == 12 and sum(stats.skipped.values()) == 10
+    assert stats.skipped["invalid_json"] == 1 and stats.skipped["invalid_utf8"] == 1
+    assert stats.skipped["line_too_long"] == 1 and stats.skipped["too_many_tags"] == 1
+
+
+def test_posts_without_text_or_tags_can_be_required(tmp_path):
+    path = write(tmp_path, "f.txt", b"__label__a only words here\n__label__b\nno labels at all\n")
+    stats = ReadStats()
+    posts = list(read_posts(path, "fasttext", stats, require_tags=True, require_tokens=True))
+    assert [p.tags for p in posts] == [("a",)]
+    assert stats.skipped == {"no_text": 1, "no_tags": 1}
+
+
+def test_unknown_format_is_a_clear_error(tmp_path):
+    path = write(tmp_path, "x.bin", b"just some words\n")
+    with pytest.raises(ValueError, match="cannot detect the format"):
+        list(read_posts(path))
+    with pytest.raises(ValueError, match="no such file"):
+        list(read_posts(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="unknown format"):
+        list(read_posts(path, "csv"))

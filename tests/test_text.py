@@ -1,0 +1,33 @@
+from tagspace.text import NUM_TOKEN, URL_TOKEN, USER_TOKEN, extract_hashtags, parse_post_text, tokenize
+
+
+def test_paper_example_tags_are_labels_not_input():
+    parsed = parse_post_text("Crazy commute this am #nyc #snow")
+    assert parsed.tokens == ("crazy", "commute", "this", "am")
+    assert parsed.hashtags == ("nyc", "snow")
+
+
+def test_urls_mentions_numbers_and_punctuation():
+    tokens = tokenize("@Bob see https://t.co/x?y=1 at 10:30, it's 2nd time!!")
+    assert tokens == (USER_TOKEN, "see", URL_TOKEN, "at", NUM_TOKEN, ",", "it's", NUM_TOKEN,
+                      "time", "!", "!")
+
+
+def test_case_folding_and_unicode_hashtags():
+    assert extract_hashtags("Go #Arsenal #COYG #Straße #arsenal") == ("arsenal", "coyg", "strasse")
+    assert tokenize("ÉCOLE") == ("école",)
+
+
+def test_emoji_are_tokens_and_joiners_vanish():
+    assert tokenize("love it 😍😍 👍🏽") == ("love", "it", "😍", "😍", "👍", "🏽")
+    assert tokenize("family 👨\u200d👩\u200d👧") == ("family", "👨", "👩", "👧")
+
+
+def test_hash_inside_words_and_urls_is_not_a_tag():
+    assert extract_hashtags("issue#12 and http://x.com/#anchor and &#39;") == ()
+    assert extract_hashtags("# alone") == ()
+
+
+def test_empty_and_whitespace():
+    assert tokenize("") == ()
+    assert parse_post_text("   #only #tags ").tokens == ()
