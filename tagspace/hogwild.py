@@ -121,7 +121,7 @@ class HogwildWorker:
             p_hit = post[torch.from_numpy(hit)]
             hinge = (cfg.margin - (p_hit * t_pos).sum(1) + (p_hit * t_neg).sum(1)).clamp_min(0)
             loss = (torch.from_numpy(weights[hit]).float() * hinge).sum()
-            stats = WarpStats(float(loss), n_hit, float(trials.mean()))
+            stats = WarpStats(float(loss.detach()), n_hit, float(trials.mean()))
 
         if stats.violating:
             params = list(self.encoder.parameters())

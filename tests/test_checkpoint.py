@@ -1,0 +1,67 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tagspace.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from tagspace.dataset import Post
+from tagspace.hogwild import TrainConfig
+from tagspace.model import ModelConfig
+from tagspace.training import train_tagger
+
+POSTS = [
+    Post(str(i), "u", None, tuple(text.split()), tags)
+    for i, (text, tags) in enumerate([
+        ("rain again today", ("weather",)), ("sunny and warm", ("weather", "summer")),
+        ("great goal tonight", ("football",)), ("the match was late", ("football",)),
+    ] * 5)
+]
+
+
+@pytest.fixture
+def tagger():
+    return train_tagger(POSTS, "tagspace", ModelConfig(dim=8, hidden=16),
+                        TrainConfig(epochs=2, workers=1, batch_size=4), progress=False)
+
+
+def test_round_trip_keeps_scores_vocab_and_metadata(tagger, tmp_path):
+    out = save_checkpoint(tmp_path / "m", Checkpoint(tagger, {"epochs": 2}, {"note": "x"}))
+    back = load_checkpoint(out)
+    assert back.tagger.words.tokens == tagger.words.tokens
+    assert back.tagger.tags.tokens == tagger.tags.tokens
+    assert back.train == {"epochs": 2} and back.extra == {"note": "x"}
+    np.testing.assert_array_equal(back.tagger.scores(POSTS[:3]), tagger.scores(POSTS[:3]))
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "tags.tsv", "weights.safetensors", "words.tsv"]
+
+
+def test_overwrite_replaces_and_leaves_no_temporaries(tagger, tmp_path):
+    save_checkpoint(tmp_path / "m", Checkpoint(tagger))
+    save_checkpoint(tmp_path / "m", Checkpoint(tagger, extra={"v": 2}))
+    assert load_checkpoint(tmp_path / "m").extra == {"v": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_loading_refuses_wrong_version_shapes_and_non_models(tagger, tmp_path):
+    out = save_checkpoint(tmp_path / "m", Checkpoint(tagger))
+    with pytest.raises(ValueError, match="not a tagspace model"):
+        load_checkpoint(tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    config["model"]["dim"] = 9
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_checkpoint(out)
+    config["format_version"] = 99
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="format 99"):
+        load_checkpoint(out)
+
+
+def test_weights_file_holds_tensors_only(tagger, tmp_path):
+    out = save_checkpoint(tmp_path / "m", Checkpoint(tagger))
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / "weights.safetensors"))
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert "word_emb" in state and "tag_emb" in state
