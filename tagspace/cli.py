@@ -84,12 +84,15 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     return parser.parse_args(argv)
 
 
-def load_posts(paths: Sequence[Path], fmt: str, *, require_tags: bool) -> list[Post]:
+def load_posts(
+    paths: Sequence[Path], fmt: str, *, require_tags: bool, require_tokens: bool = False
+) -> list[Post]:
     """Read every file, log what was skipped and why."""
     posts: list[Post] = []
     for path in paths:
         stats = ReadStats()
-        posts.extend(read_posts(path, fmt, stats, require_tags=require_tags))
+        posts.extend(read_posts(path, fmt, stats, require_tags=require_tags,
+                                require_tokens=require_tokens))
         log.info("%s: %s", path, stats.summary())
         if stats.posts == 0:
             raise ValueError(f"{path}: no usable posts ({stats.summary()})")

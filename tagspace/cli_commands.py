@@ -74,7 +74,7 @@ def cmd_train(args: Any) -> int:
     from tagspace.personalize import AuthorProfiles, tune_weight
     from tagspace.training import build_vocabularies, train_tagger
 
-    posts = load_posts(args.data, args.format, require_tags=True)
+    posts = load_posts(args.data, args.format, require_tags=True, require_tokens=True)
     valid = load_posts([args.valid], args.format, require_tags=True) if args.valid else None
     train_cfg, model_cfg, vocab_cfg = train_configs(args, args.model)
     progress = not args.quiet
@@ -201,7 +201,7 @@ def cmd_compare(args: Any) -> int:
 
     from tagspace.compare import CompareConfig, markdown_table, run_compare, write_report
 
-    train = load_posts([args.train], args.format, require_tags=True)
+    train = load_posts([args.train], args.format, require_tags=True, require_tokens=True)
     test = load_posts([args.test], args.format, require_tags=True)
     valid = load_posts([args.valid], args.format, require_tags=True) if args.valid else None
     try:

@@ -1,0 +1,101 @@
+"""The console script end to end on small real data: train, evaluate, suggest, errors."""
+
+import json
+import subprocess
+import sys
+from itertools import islice
+from pathlib import Path
+
+import pytest
+
+from tagspace.cli import main
+from tests.conftest import COOKING_TRAIN, COOKING_VALID
+
+FAST = ["--dim", "16", "--hidden", "32", "--epochs", "1", "--init-epochs", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("data")
+    train, valid = folder / "train.txt", folder / "valid.txt"
+    train.write_text("".join(islice(COOKING_TRAIN.open(), 800)))
+    valid.write_text("".join(islice(COOKING_VALID.open(), 200)))
+    return train, valid
+
+
+@pytest.fixture(scope="module")
+def model_dir(small_files, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "m"
+    train, valid = small_files
+    assert main(["train", "--data", str(train), "--valid", str(valid), "--out", str(out),
+                 *FAST]) == 0
+    return out
+
+
+def test_evaluate_writes_contract_json(model_dir, small_files, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(small_files[1]),
+                 "--json", str(out), "--quiet"]) == 0
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {"p_at_1", "r_at_10", "mean_rank", "p_at_1_known", "r_at_10_known",
+                            "mean_rank_known", "n_posts", "n_gold_tags"}
+    assert metrics["n_posts"] == 200 and 0 <= metrics["p_at_1"] <= 1
+    assert "p_at_1" in capsys.readouterr().out
+
+
+def test_suggest_prints_k_known_tags(model_dir, capsys):
+    assert main(["suggest", "--model", str(model_dir), "--k", "3", "--quiet",
+                 "how do I keep bread fresh?"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("#") for line in lines)
+    tags = set((model_dir / "tags.tsv").read_text().split())
+    assert all(line.split("\t")[0][1:] in tags for line in lines)
+
+
+def test_personalized_evaluate_on_authored_posts(tmp_path):
+    rows = []
+    for i in range(60):  # the same text from 15 authors, each with a tag of their own
+        rows.append(json.dumps({"post_id": f"p{i}", "user_id": f"u{i % 15}",
+                                "text": "what a day", "tags": [f"tag{i % 15}"]}))
+    data = tmp_path / "posts.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(data), "--valid", str(data), "--out", str(out),
+                 *FAST]) == 0
+    assert json.loads((out / "config.json").read_text())["extra"]["personalize_weight"] > 0
+    js = tmp_path / "p.json"
+    assert main(["evaluate", "--model", str(out), "--data", str(data), "--personalize",
+                 str(data), "--json", str(js), "--quiet"]) == 0
+    assert json.loads(js.read_text())["p_at_1"] == 1.0  # text alone cannot tell them apart
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, model_dir, capsys):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\xff\xfe not a dataset\n")
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(junk), "--quiet"]) == 2
+    assert "cannot detect the format" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path), "--data", str(junk), "--quiet"]) == 2
+    assert "not a tagspace model" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("__label__a\n__label__b\n")
+    assert main(["train", "--data", str(empty), "--out", str(tmp_path / "x"), *FAST]) == 2
+    assert "no usable posts" in capsys.readouterr().err
+
+
+def test_config_file_sets_defaults_and_rejects_unknown_keys(tmp_path, small_files):
+    config = tmp_path / "c.toml"
+    config.write_text('dim = 8\nhidden = 16\nepochs = 1\ninit = "random"\n')
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(small_files[0]), "--out", str(out), "--config",
+                 str(config), "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["dim"] == 8
+    config.write_text("dimension = 8\n")
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(small_files[0]), "--out", str(out), "--config", str(config)])
+
+
+def test_console_script_help_lists_the_contract_commands():
+    exe = Path(sys.executable).with_name("tagspace")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("train", "evaluate", "suggest", "compare"):
+        assert command in out
