@@ -71,7 +71,7 @@ def cmd_train(args: Any) -> int:
 
     from tagspace.checkpoint import Checkpoint, save_checkpoint
     from tagspace.evaluate import evaluate
-    from tagspace.personalize import AuthorProfiles, tune_weight
+    from tagspace.personalize import AuthorProfiles, tune_weights
     from tagspace.training import build_vocabularies, train_tagger
 
     posts = load_posts(args.data, args.format, require_tags=True, require_tokens=True)
@@ -100,9 +100,9 @@ def cmd_train(args: Any) -> int:
         extra["valid"] = metrics.to_dict()
         profiles = AuthorProfiles.from_posts(posts)
         if len(profiles) and any(p.user_id for p in valid):
-            weight, _ = tune_weight(tagger, profiles, valid)
-            extra["personalize_weight"] = weight
-            log.info("author-history weight tuned on %s: %s", args.valid, weight)
+            weights, _ = tune_weights(tagger, profiles, valid)
+            extra["personalize"] = weights.to_dict()
+            log.info("author-history weights tuned on %s: %s", args.valid, weights)
     train_dict = {**train_cfg.to_dict(), "init": args.init if args.model == "tagspace" else None}
     out = save_checkpoint(args.out, Checkpoint(tagger, train_dict, extra))
     print(f"model written to {out} ({timer.seconds:.0f} s to train)")
@@ -115,8 +115,8 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--personalize", type=Path, action="append", default=[],
                    help="posts whose authors' hashtags form each author's profile (repeatable; "
                    "typically the training files)")
-    p.add_argument("--weight", type=float, default=None,
-                   help="author-history weight (default: the one tuned at training time)")
+    p.add_argument("--weights", default=None, metavar="COUNT,SIMILARITY",
+                   help="author-history weights (default: those tuned at training time)")
     p.add_argument("--json", type=Path, help="also write the metrics as JSON")
     add_format(p)
 
@@ -127,26 +127,33 @@ def cmd_evaluate(args: Any) -> int:
 
     checkpoint = load_checkpoint(args.model)
     posts = load_posts([args.data], args.format, require_tags=True)
-    scorer = _maybe_personalized(checkpoint, args.personalize, args.weight, args.format)
+    scorer = _maybe_personalized(checkpoint, args.personalize, args.weights, args.format)
     metrics = evaluate(scorer, posts, progress=not args.quiet).metrics
     print_metrics(metrics.to_dict(), args.json)
     return 0
 
 
-def _maybe_personalized(checkpoint: Any, files: list[Path], weight: float | None,
+def _maybe_personalized(checkpoint: Any, files: list[Path], weights: str | None,
                         fmt: str) -> Any:
-    from tagspace.personalize import AuthorProfiles, PersonalizedScorer
+    from tagspace.personalize import AuthorProfiles, PersonalizedScorer, PersonalizeWeights
 
     if not files:
         return checkpoint.tagger
     profiles = AuthorProfiles.from_posts(load_posts(files, fmt, require_tags=True))
-    if weight is None:
-        weight = checkpoint.extra.get("personalize_weight")
-    if weight is None:
-        weight = 2.0
-        log.warning("the model has no tuned author-history weight; using %s (see --weight)", weight)
-    log.info("personalized by %d author profiles, weight %s", len(profiles), weight)
-    return PersonalizedScorer(checkpoint.tagger, profiles, float(weight))
+    if weights is not None:
+        try:
+            count, similarity = (float(x) for x in weights.split(","))
+        except ValueError:
+            raise ValueError(f"--weights must be COUNT,SIMILARITY, got {weights!r}") from None
+        chosen = PersonalizeWeights(count, similarity)
+    elif "personalize" in checkpoint.extra:
+        chosen = PersonalizeWeights(**checkpoint.extra["personalize"])
+    else:
+        chosen = PersonalizeWeights(count=4.0, similarity=2.0)
+        log.warning("the model has no tuned author-history weights; using %s (see --weights)",
+                    chosen)
+    log.info("personalized by %d author profiles, %s", len(profiles), chosen)
+    return PersonalizedScorer(checkpoint.tagger, profiles, chosen)
 
 
 def _suggest_args(p: argparse.ArgumentParser) -> None:

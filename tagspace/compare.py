@@ -24,11 +24,16 @@ from tagspace.dataset import Post
 from tagspace.evaluate import Evaluation, TagScorer, evaluate
 from tagspace.hogwild import TrainConfig
 from tagspace.model import ModelConfig
-from tagspace.personalize import AuthorProfiles, PersonalizedScorer, tune_weight
+from tagspace.personalize import (
+    AuthorProfiles,
+    PersonalizedScorer,
+    PersonalizeWeights,
+    tune_weights,
+)
 from tagspace.training import VocabConfig, build_vocabularies, train_tagger
 
 log = logging.getLogger(__name__)
-AUTHOR_ONLY_WEIGHT = 1000.0  # the history dominates; the frequency order only breaks ties
+AUTHOR_ONLY = PersonalizeWeights(count=1000.0)  # history first; frequency breaks ties
 
 
 @dataclass
@@ -78,7 +83,7 @@ def run_compare(
     personal = _has_authors(train) and _has_authors(test)
     profiles = AuthorProfiles.from_posts(train) if personal else None
     if profiles is not None:
-        prior = PersonalizedScorer(FrequencyScorer(tags), profiles, AUTHOR_ONLY_WEIGHT)
+        prior = PersonalizedScorer(FrequencyScorer(tags), profiles, AUTHOR_ONLY)
         add("author prior", None, prior, 0.0, "the author's past tags by count, no text")
     for dim in config.dims:
         start = time.perf_counter()
@@ -105,9 +110,10 @@ def run_compare(
 
         if profiles is not None:
             tune_on = valid if valid is not None else test
-            weight, _ = tune_weight(tagspace, profiles, [p for p in tune_on if p.tags])
-            add("#TagSpace + author", dim, PersonalizedScorer(tagspace, profiles, weight),
-                seconds, f"author weight {weight} tuned on validation data")
+            weights, _ = tune_weights(tagspace, profiles, tune_on)
+            add("#TagSpace + author", dim, PersonalizedScorer(tagspace, profiles, weights),
+                seconds, f"author weights {weights.count}/{weights.similarity} (count/similarity)"
+                " tuned on validation data")
     return {
         "n_train_posts": len(train),
         "n_test_posts": sum(1 for p in test if p.tags),

@@ -38,12 +38,17 @@ class TrainConfig:
     negatives: int = 1000  # block size S (block WARP) and max draws T (both versions)
     margin: float = 0.1
     warp: str = "block"
+    positives: str = "one"  # per post and step: one sampled gold tag (paper) or all of them
     workers: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.warp not in WARP_MODES:
             raise ValueError(f"warp must be one of {WARP_MODES}, got {self.warp!r}")
+        if self.positives not in ("one", "all"):
+            raise ValueError(f"positives must be 'one' or 'all', got {self.positives!r}")
+        if self.positives == "all" and self.warp != "block":
+            raise ValueError("positives='all' needs warp='block'")
         for name in ("epochs", "batch_size", "negatives", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -93,16 +98,22 @@ class HogwildWorker:
         post = self.encoder(x_rows[word_index], mask)  # (B, d)
 
         if cfg.warp == "block":
+            owner = np.arange(len(gold))  # the post each (post, positive) example belongs to
+            if cfg.positives == "all":
+                owner = np.repeat(owner, [len(g) for g in gold])
+                pos = np.concatenate(gold)
             negs = self.rng.integers(n_tags, size=cfg.negatives)
             tag_rows, tag_index = torch.unique(
                 torch.from_numpy(np.concatenate([pos, negs])), return_inverse=True
             )
             t_rows = tags[tag_rows].requires_grad_()
             t_pos, t_neg = t_rows[tag_index[: len(pos)]], t_rows[tag_index[len(pos) :]]
-            pos_scores = (post * t_pos).sum(1)  # (B,)
-            valid = torch.from_numpy(_not_gold(negs, gold))  # (B, S)
+            owner_t = torch.from_numpy(owner)
+            pos_scores = (post[owner_t] * t_pos).sum(1)  # (P,)
+            neg_scores = (post @ t_neg.T)[owner_t]  # (P, S): one GEMM per post, not per pair
+            valid = torch.from_numpy(_not_gold(negs, gold)[owner])  # (P, S)
             loss, stats = block_warp_loss(
-                pos_scores, post @ t_neg.T, valid, n_tags, cfg.margin, cfg.negatives
+                pos_scores, neg_scores, valid, n_tags, cfg.margin, cfg.negatives
             )
         else:
             pos_t = torch.from_numpy(pos)

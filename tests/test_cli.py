@@ -62,7 +62,7 @@ def test_personalized_evaluate_on_authored_posts(tmp_path):
     out = tmp_path / "m"
     assert main(["train", "--data", str(data), "--valid", str(data), "--out", str(out),
                  *FAST]) == 0
-    assert json.loads((out / "config.json").read_text())["extra"]["personalize_weight"] > 0
+    assert json.loads((out / "config.json").read_text())["extra"]["personalize"]["count"] > 0
     js = tmp_path / "p.json"
     assert main(["evaluate", "--model", str(out), "--data", str(data), "--personalize",
                  str(data), "--json", str(js), "--quiet"]) == 0
