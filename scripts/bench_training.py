@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
 from tagspace.batch import EncodedPosts, make_batch
 from tagspace.hogwild import HogwildTrainer, HogwildWorker, TrainConfig
@@ -109,10 +108,10 @@ def main() -> None:
     pos = torch.from_numpy(np.array([g[0] for g in gold]))
     negs = torch.from_numpy(rng.integers(0, args.tags, size=args.negatives))
     valid = torch.ones(args.batch, args.negatives, dtype=torch.bool)
+    worker = HogwildWorker(TagSpaceModel(cfg), TrainConfig(negatives=args.negatives), 0, 0, 1)
     for name, fn in (
         ("plain_step", plain_step_fn(cfg, ids, mask, pos, negs, valid)),
-        ("hogwild_step", lambda w=HogwildWorker(TagSpaceModel(cfg), TrainConfig(
-            negatives=args.negatives), 0, 0, 1): w.step(word_ids, gold)),
+        ("hogwild_step", lambda: worker.step(word_ids, gold)),
     ):
         runs, secs = timed(fn, args.seconds)
         rate = runs * args.batch / secs

@@ -71,7 +71,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     config = json.loads(config_path.read_text())
     version = config.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {version!r}, this tagspace reads {FORMAT_VERSION}")
+        raise ValueError(
+            f"{path}: checkpoint format {version!r}, this tagspace reads {FORMAT_VERSION}"
+        )
     model_config = ModelConfig(**config["model"])
     words = Vocabulary.load(path / "words.tsv", WORD_SPECIALS)
     tags = Vocabulary.load(path / "tags.tsv")

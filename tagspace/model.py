@@ -53,7 +53,8 @@ class ConvEncoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.kernel = config.kernel
-        self.conv = nn.Linear(config.kernel * config.dim, config.hidden)  # K*d x H weights, H biases
+        # K*d x H weights and H biases
+        self.conv = nn.Linear(config.kernel * config.dim, config.hidden)
         self.out = nn.Linear(config.hidden, config.dim)  # H x d
         self.dropout = nn.Dropout(config.dropout)
 

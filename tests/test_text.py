@@ -1,4 +1,11 @@
-from tagspace.text import NUM_TOKEN, URL_TOKEN, USER_TOKEN, extract_hashtags, parse_post_text, tokenize
+from tagspace.text import (
+    NUM_TOKEN,
+    URL_TOKEN,
+    USER_TOKEN,
+    extract_hashtags,
+    parse_post_text,
+    tokenize,
+)
 
 
 def test_paper_example_tags_are_labels_not_input():
