@@ -73,6 +73,8 @@ class HogwildWorker:
     def __init__(
         self, model: TagSpaceModel, config: TrainConfig, rank: int, pad_id: int, unk_id: int
     ):
+        if model.config.word_tag_share and config.warp != "block":
+            raise ValueError("word-tag sharing is trained with block WARP only")
         self.model = model
         self.config = config
         self.rng = np.random.default_rng([config.seed, rank])
@@ -81,6 +83,10 @@ class HogwildWorker:
         for mine, shared in zip(self.encoder.parameters(), model.encoder.parameters(), strict=True):
             mine.data = shared.data  # same memory, this worker's own version counter
         self.encoder.train()
+        self.copy_weight = torch.zeros(())
+        self.copy_weight.data = model.copy_weight.data  # shared, as the encoder's parameters
+        self.copy_weight.requires_grad_(model.config.word_tag_share)
+        self._copy_acc = torch.zeros(())
         self._dense_acc = [torch.zeros_like(p) for p in self.encoder.parameters()]
         self._word_acc = torch.zeros(model.word_emb.shape[0])
         self._tag_acc = torch.zeros(model.tag_emb.shape[0])
@@ -111,6 +117,12 @@ class HogwildWorker:
             owner_t = torch.from_numpy(owner)
             pos_scores = (post[owner_t] * t_pos).sum(1)  # (P,)
             neg_scores = (post @ t_neg.T)[owner_t]  # (P, S): one GEMM per post, not per pair
+            if self.model.config.word_tag_share:  # + beta * [t is a word of the post]
+                present = self.model.tags_in_posts(ids)[owner_t]  # (P, L)
+                in_pos = (present == torch.from_numpy(pos).unsqueeze(1)).any(1)
+                in_neg = (present.unsqueeze(1) == torch.from_numpy(negs)[None, :, None]).any(-1)
+                pos_scores = pos_scores + self.copy_weight * in_pos
+                neg_scores = neg_scores + self.copy_weight * in_neg
             valid = torch.from_numpy(_not_gold(negs, gold)[owner])  # (P, S)
             loss, stats = block_warp_loss(
                 pos_scores, neg_scores, valid, n_tags, cfg.margin, cfg.negatives
@@ -136,11 +148,14 @@ class HogwildWorker:
 
         if stats.violating:
             params = list(self.encoder.parameters())
+            if self.copy_weight.requires_grad and cfg.warp == "block":
+                params.append(self.copy_weight)
             grads = torch.autograd.grad(loss, [x_rows, t_rows, *params])
             with torch.no_grad():
                 self._adagrad_rows(words, self._word_acc, word_rows, grads[0])
                 self._adagrad_rows(tags, self._tag_acc, tag_rows, grads[1])
-                for p, acc, g in zip(params, self._dense_acc, grads[2:], strict=True):
+                for p, acc, g in zip(params, [*self._dense_acc, self._copy_acc], grads[2:],
+                                     strict=False):
                     acc.addcmul_(g, g)
                     p.addcdiv_(g, acc.sqrt().add_(1e-8), value=-cfg.lr)
         return StepStats(len(gold), stats.loss, stats.violating, stats.trials)

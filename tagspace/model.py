@@ -28,6 +28,8 @@ class ModelConfig:
     n_words: int = 2  # word vocabulary size, specials included
     n_tags: int = 1
     init_scale: float = 0.1  # lookup tables start as N(0, init_scale^2 / d)
+    # A tag that is also a word of the post gets a learned bonus: f(w, t) += beta * [t in w].
+    word_tag_share: bool = False
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -85,11 +87,30 @@ class TagSpaceModel(nn.Module):
         self.word_emb = nn.Parameter(torch.randn(config.n_words, config.dim) * scale)
         self.tag_emb = nn.Parameter(torch.randn(config.n_tags, config.dim) * scale)
         self.encoder: nn.Module = ConvEncoder(config) if config.encoder == "conv" else BagEncoder()
+        self.copy_weight = nn.Parameter(torch.zeros(()), requires_grad=config.word_tag_share)
+        # word id -> id of the identical tag, or -1; set by link_words_to_tags()
+        self.register_buffer("word_to_tag", torch.full((config.n_words,), -1, dtype=torch.long))
+
+    def link_words_to_tags(self, words: list[str], tags: dict[str, int]) -> None:
+        """Map each word to the tag spelled the same (for ``word_tag_share``)."""
+        ids = [tags.get(w, -1) for w in words]
+        self.word_to_tag.copy_(torch.tensor(ids, dtype=torch.long))
+
+    def tags_in_posts(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) word ids -> (B, L) ids of the identical tags, -1 where none."""
+        return self.word_to_tag[ids]
 
     def embed_posts(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids: (B, L) word ids with boundary padding; mask: (B, W) -> (B, d)."""
         return self.encoder(self.word_emb[ids], mask)
 
-    def score_all(self, post_emb: torch.Tensor) -> torch.Tensor:
-        """(B, d) -> (B, n_tags): f(w, t) for every tag."""
-        return post_emb @ self.tag_emb.T
+    def score_all(self, post_emb: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, d) -> (B, n_tags): f(w, t) for every tag (ids: (B, L) for word-tag sharing)."""
+        scores = post_emb @ self.tag_emb.T
+        if self.config.word_tag_share and ids is not None:
+            present = self.tags_in_posts(ids)  # (B, L)
+            present = torch.where(present < 0, self.config.n_tags, present)
+            hits = torch.zeros(scores.shape[0], self.config.n_tags + 1)
+            hits.scatter_(1, present, 1.0)
+            scores = scores + self.copy_weight * hits[:, :-1]
+        return scores

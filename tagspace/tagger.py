@@ -39,18 +39,21 @@ class Tagger:
     def word_ids(self, tokens: Sequence[str]) -> np.ndarray:
         return np.asarray(self.words.encode(tokens[:MAX_TOKENS], self.words.index(UNK)), np.int64)
 
+    def _batch(self, token_lists: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return make_batch(
+            [self.word_ids(t) for t in token_lists], self.model.config, self.pad_id, self.unk_id
+        )
+
     @torch.no_grad()
     def embed_tokens(self, token_lists: Sequence[Sequence[str]]) -> torch.Tensor:
         """(P, d) post embeddings e_conv(w)."""
-        ids, mask = make_batch(
-            [self.word_ids(t) for t in token_lists], self.model.config, self.pad_id, self.unk_id
-        )
-        return self.model.embed_posts(ids, mask)
+        return self.model.embed_posts(*self._batch(token_lists))
 
     @torch.no_grad()
     def scores(self, posts: Sequence[Post]) -> np.ndarray:
         """(P, n_tags): f(w, t) for every post and tag."""
-        return self.model.score_all(self.embed_tokens([p.tokens for p in posts])).numpy()
+        ids, mask = self._batch([p.tokens for p in posts])
+        return self.model.score_all(self.model.embed_posts(ids, mask), ids).numpy()
 
     def suggest(self, text: str, k: int = 10) -> list[Suggestion]:
         post = Post("", None, None, tokenize(text), ())

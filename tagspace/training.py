@@ -63,6 +63,7 @@ def train_tagger(
     config = replace(model_config, encoder=MODELS[model_name], n_words=len(words), n_tags=len(tags))
     torch.manual_seed(train_config.seed)
     model = TagSpaceModel(config)
+    model.link_words_to_tags(words.tokens, {t: i for i, t in enumerate(tags.tokens)})
     if init_from is not None:
         _copy_lookup_tables(init_from, model, words, tags)
     data = EncodedPosts.encode(posts, words, tags)

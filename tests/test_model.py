@@ -60,3 +60,33 @@ def test_config_validation():
         ModelConfig(encoder="rnn")
     with pytest.raises(ValueError, match="dim"):
         ModelConfig(dim=0)
+
+
+def test_word_tag_sharing_adds_the_learned_bonus_to_tags_in_the_text():
+    config = ModelConfig(dim=4, kernel=3, hidden=8, n_words=5, n_tags=3, word_tag_share=True)
+    model = TagSpaceModel(config)
+    model.link_words_to_tags(["<pad>", "<unk>", "rain", "sun", "goal"], {"goal": 0, "rain": 2})
+    with torch.no_grad():
+        model.copy_weight.fill_(5.0)
+    ids, mask = make_batch([np.array([2, 3]), np.array([3])], config, PAD, UNK)
+    emb = model.embed_posts(ids, mask)
+    plain = emb @ model.tag_emb.T
+    diff = model.score_all(emb, ids) - plain
+    torch.testing.assert_close(diff, torch.tensor([[0.0, 0.0, 5.0], [0.0, 0.0, 0.0]]))
+
+
+def test_hogwild_learns_a_positive_copy_weight_when_tags_are_words():
+    from tagspace.batch import EncodedPosts
+    from tagspace.hogwild import HogwildTrainer, TrainConfig
+
+    config = ModelConfig(dim=8, hidden=16, n_words=40, n_tags=30, word_tag_share=True)
+    model = TagSpaceModel(config)
+    words = [f"w{i}" for i in range(40)]
+    model.link_words_to_tags(words, {f"w{i}": i - 10 for i in range(10, 40)})
+    rng = np.random.default_rng(0)
+    # every post's tag is one of its own words, among random others
+    posts = [rng.integers(10, 40, size=4) for _ in range(400)]
+    data = EncodedPosts(posts, [np.array([p[0] - 10]) for p in posts], np.zeros(400, np.int64))
+    HogwildTrainer(model, TrainConfig(epochs=2, workers=2, lr=0.05, batch_size=16), 0, 1).fit(
+        data, progress=False)
+    assert float(model.copy_weight.detach()) > 0.1
