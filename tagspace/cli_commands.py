@@ -34,12 +34,17 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--negatives", type=int, default=1000,
                    help="WARP: negatives per block / max draws per example")
     g.add_argument("--margin", type=float, default=0.1, help="WARP margin m")
-    g.add_argument("--warp", choices=("block", "sequential"), default="block")
+    g.add_argument("--warp", choices=("block", "sequential"), default="block",
+                   help="WARP sampler: block (one GEMM per step) or the paper's sequential one")
+    g.add_argument("--positives", choices=("one", "all"), default="all",
+                   help="per post and step: one sampled gold tag (paper) or every gold tag")
+    g.add_argument("--word-tag-share", action=argparse.BooleanOptionalAction, default=True,
+                   help="#TagSpace: learned bonus for tags that are words of the post")
     g.add_argument("--workers", type=int, default=2, help="Hogwild threads")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--kernel", type=int, default=5, help="CNN window K")
     g.add_argument("--hidden", type=int, default=1000, help="CNN filters H")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout on pooled CNN features")
+    g.add_argument("--dropout", type=float, default=0.5, help="dropout on pooled CNN features")
     g.add_argument("--init", choices=("wsabie", "random"), default="wsabie",
                    help="tagspace lookup tables: from a WSABIE model trained first, or random")
     g.add_argument("--init-epochs", type=int, default=10, help="WSABIE epochs for --init wsabie")
@@ -57,10 +62,11 @@ def train_configs(args: Any, model_name: str) -> tuple[Any, Any, Any]:
     train = TrainConfig(
         epochs=args.epochs, lr=args.lr or default_lr, batch_size=args.batch_size,
         negatives=args.negatives, margin=args.margin, warp=args.warp, workers=args.workers,
-        seed=args.seed,
+        seed=args.seed, positives=args.positives if args.warp == "block" else "one",
     )
     model = ModelConfig(dim=args.dim, kernel=args.kernel, hidden=args.hidden,
-                        dropout=args.dropout)
+                        dropout=args.dropout,
+                        word_tag_share=args.word_tag_share and model_name == "tagspace")
     vocab = VocabConfig(min_word_count=args.min_word_count, max_words=args.max_words,
                         max_tags=args.max_tags)
     return train, model, vocab
@@ -84,7 +90,8 @@ def cmd_train(args: Any) -> int:
         init = None
         if args.model == "tagspace" and args.init == "wsabie":
             wsabie_cfg = replace(train_cfg, epochs=args.init_epochs, lr=0.05)
-            init = train_tagger(posts, "wsabie", model_cfg, wsabie_cfg, progress=progress,
+            init = train_tagger(posts, "wsabie", replace(model_cfg, word_tag_share=False),
+                                wsabie_cfg, progress=progress,
                                 vocabularies=vocabs)
         tagger = train_tagger(
             posts, args.model, model_cfg, train_cfg, progress=progress, vocabularies=vocabs,

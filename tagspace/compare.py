@@ -93,8 +93,8 @@ def run_compare(
 
         start = time.perf_counter()
         model = replace(config.model, dim=dim)
-        wsabie = train_tagger(train, "wsabie", model, config.wsabie, progress=progress,
-                              vocabularies=(words, tags))
+        wsabie = train_tagger(train, "wsabie", replace(model, word_tag_share=False),
+                              config.wsabie, progress=progress, vocabularies=(words, tags))
         wsabie_seconds = time.perf_counter() - start
         ev_wsabie = add("WSABIE", dim, wsabie, wsabie_seconds)
 
