@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except ValueError as e:  # bad arguments or input: one clear line, no traceback
+    except (ValueError, OSError) as e:  # bad arguments or input: one clear line, no traceback
         print(f"tagspace {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -110,7 +110,8 @@ def print_metrics(metrics: dict[str, Any], json_path: Path | None) -> None:
         print(f"{key:<{width}}  {shown}")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        clean = {k: None if isinstance(v, float) and v != v else v for k, v in metrics.items()}
+        json_path.write_text(json.dumps(clean, indent=2) + "\n")  # NaN -> null: valid JSON
 
 
 class Timer:

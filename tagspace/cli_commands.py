@@ -21,6 +21,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=("tagspace", "wsabie"), default="tagspace")
     p.add_argument("--dim", type=int, default=256, help="embedding dimension d")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--json", type=Path, help="write the validation metrics as JSON")
     add_format(p)
     add_training_options(p)
 
@@ -60,13 +61,15 @@ def train_configs(args: Any, model_name: str) -> tuple[Any, Any, Any]:
 
     default_lr = 0.01 if model_name == "tagspace" else 0.05
     train = TrainConfig(
-        epochs=args.epochs, lr=args.lr or default_lr, batch_size=args.batch_size,
+        epochs=args.epochs, lr=default_lr if args.lr is None else args.lr,
+        batch_size=args.batch_size,
         negatives=args.negatives, margin=args.margin, warp=args.warp, workers=args.workers,
         seed=args.seed, positives=args.positives if args.warp == "block" else "one",
     )
     model = ModelConfig(dim=args.dim, kernel=args.kernel, hidden=args.hidden,
                         dropout=args.dropout,
-                        word_tag_share=args.word_tag_share and model_name == "tagspace")
+                        word_tag_share=args.word_tag_share and model_name == "tagspace"
+                        and args.warp == "block")
     vocab = VocabConfig(min_word_count=args.min_word_count, max_words=args.max_words,
                         max_tags=args.max_tags)
     return train, model, vocab
@@ -75,11 +78,12 @@ def train_configs(args: Any, model_name: str) -> tuple[Any, Any, Any]:
 def cmd_train(args: Any) -> int:
     from dataclasses import replace
 
-    from tagspace.checkpoint import Checkpoint, save_checkpoint
+    from tagspace.checkpoint import Checkpoint, check_writable, save_checkpoint
     from tagspace.evaluate import evaluate
     from tagspace.personalize import AuthorProfiles, tune_weights
     from tagspace.training import build_vocabularies, train_tagger
 
+    check_writable(args.out)  # fail now, not after an hour of training
     posts = load_posts(args.data, args.format, require_tags=True, require_tokens=True)
     valid = load_posts([args.valid], args.format, require_tags=True) if args.valid else None
     train_cfg, model_cfg, vocab_cfg = train_configs(args, args.model)
@@ -103,7 +107,7 @@ def cmd_train(args: Any) -> int:
     if valid:
         metrics = evaluate(tagger, valid, progress=progress).metrics
         print(f"validation ({args.valid}):")
-        print_metrics(metrics.to_dict(), None)
+        print_metrics(metrics.to_dict(), args.json)
         extra["valid"] = metrics.to_dict()
         profiles = AuthorProfiles.from_posts(posts)
         if len(profiles) and any(p.user_id for p in valid):
@@ -134,19 +138,29 @@ def cmd_evaluate(args: Any) -> int:
 
     checkpoint = load_checkpoint(args.model)
     posts = load_posts([args.data], args.format, require_tags=True)
-    scorer = _maybe_personalized(checkpoint, args.personalize, args.weights, args.format)
+    scorer = _maybe_personalized(checkpoint, args.personalize, args.weights, args.format,
+                                 exclude={p.post_id for p in posts})
     metrics = evaluate(scorer, posts, progress=not args.quiet).metrics
     print_metrics(metrics.to_dict(), args.json)
     return 0
 
 
 def _maybe_personalized(checkpoint: Any, files: list[Path], weights: str | None,
-                        fmt: str) -> Any:
+                        fmt: str, exclude: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+    """The model's scorer, plus authors' histories from ``files`` when given.
+
+    Posts in ``exclude`` (the evaluated ones) never enter a profile: their own tags are gold.
+    """
     from tagspace.personalize import AuthorProfiles, PersonalizedScorer, PersonalizeWeights
 
     if not files:
         return checkpoint.tagger
-    profiles = AuthorProfiles.from_posts(load_posts(files, fmt, require_tags=True))
+    history = load_posts(files, fmt, require_tags=True)
+    kept = [p for p in history if p.post_id not in exclude]
+    if len(kept) < len(history):
+        log.warning("%d profile posts are also evaluated posts: left out of the profiles",
+                    len(history) - len(kept))
+    profiles = AuthorProfiles.from_posts(sorted(kept, key=lambda p: p.ts or 0.0))
     if weights is not None:
         try:
             count, similarity = (float(x) for x in weights.split(","))
@@ -184,6 +198,8 @@ def cmd_suggest(args: Any) -> int:
 
     if args.k < 1:
         raise ValueError("--k must be >= 1")
+    if args.user and not args.personalize:
+        raise ValueError("--user needs --personalize FILE (the posts that form the profiles)")
     checkpoint = load_checkpoint(args.model)
     scorer = _maybe_personalized(checkpoint, args.personalize, None, args.format)
     post = Post("cli", args.user, None, tokenize(args.text), ())
@@ -199,7 +215,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", type=Path, required=True, help="training posts")
     p.add_argument("--test", type=Path, required=True, help="posts to evaluate on")
     p.add_argument("--valid", type=Path,
-                   help="posts to tune the author-history weight on (default: --test)")
+                   help="posts to tune the author-history weights on (personalized rows need it)")
     p.add_argument("--out", type=Path, required=True, help="directory for table.md, "
                    "results.json and plot.png")
     p.add_argument("--dims", default="64,128,256", help="comma-separated dimensions")
@@ -207,7 +223,6 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--word2vec-epochs", type=int, default=10)
     add_format(p)
     add_training_options(p)
-    p.set_defaults(dim=0)
 
 
 def cmd_compare(args: Any) -> int:
@@ -222,6 +237,7 @@ def cmd_compare(args: Any) -> int:
         dims = tuple(int(d) for d in args.dims.split(","))
     except ValueError:
         raise ValueError(f"--dims must be comma-separated integers, got {args.dims!r}") from None
+    args.dim = dims[0]  # replaced per dimension by run_compare
     train_cfg, model_cfg, vocab_cfg = train_configs(args, "tagspace")
     wsabie_cfg = replace(train_cfg, epochs=args.wsabie_epochs, lr=0.05)
     config = CompareConfig(dims=dims, tagspace=train_cfg, wsabie=wsabie_cfg, model=model_cfg,

@@ -11,8 +11,9 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from tagspace.text import extract_hashtags, normalize_tag, tokenize
 
@@ -87,9 +88,9 @@ def read_posts(
     parse = {"jsonl": _parse_jsonl, "fasttext": _parse_fasttext, "hyt": _parse_hyt}[fmt]
     stats = stats if stats is not None else ReadStats()
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f):
+        for lineno, raw in enumerate(_bounded_lines(f)):
             stats.lines += 1
-            if len(raw) > MAX_LINE_BYTES:
+            if raw is None:
                 stats.skip("line_too_long")
                 continue
             try:
@@ -113,6 +114,20 @@ def read_posts(
                 continue
             stats.posts += 1
             yield post
+
+
+def _bounded_lines(f: BinaryIO) -> Iterator[bytes | None]:
+    """Lines of a binary file; None for a line over MAX_LINE_BYTES, never held in memory."""
+    while True:
+        line = f.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_BYTES:
+            while line and not line.endswith(b"\n"):  # skip the rest of the line
+                line = f.readline(1 << 20)
+            yield None
+        else:
+            yield line
 
 
 class _BadRecord(ValueError):
@@ -150,7 +165,7 @@ def _parse_hyt(line: str, default_id: str, default_ts: float) -> Post:
 def _parse_jsonl(line: str, default_id: str, default_ts: float) -> Post:
     try:
         record = json.loads(line)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, or an int too long to convert
         raise _BadRecord("invalid_json") from None
     return post_from_record(record, default_ts, _BadRecord)
 
@@ -184,15 +199,18 @@ def _parse_ts(value: object, default: float | None, error: type[ValueError]) -> 
         return default
     if isinstance(value, bool):
         raise error("invalid_ts")
-    if isinstance(value, int | float):
-        ts = float(value)
-    elif isinstance(value, str):
-        try:
-            ts = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            raise error("invalid_ts") from None
-    else:
-        raise error("invalid_ts")
+    try:
+        if isinstance(value, int | float):
+            ts = float(value)
+        elif isinstance(value, str):
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:  # naive ISO time: UTC, never this machine's zone
+                moment = moment.replace(tzinfo=UTC)
+            ts = moment.timestamp()
+        else:
+            raise error("invalid_ts")
+    except (ValueError, OverflowError):
+        raise error("invalid_ts") from None
     if not math.isfinite(ts) or ts < 0:
         raise error("invalid_ts")
     return ts

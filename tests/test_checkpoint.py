@@ -50,7 +50,7 @@ def test_loading_refuses_wrong_version_shapes_and_non_models(tagger, tmp_path):
     config = json.loads((out / "config.json").read_text())
     config["model"]["dim"] = 9
     (out / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(ValueError, match="size mismatch"):
         load_checkpoint(out)
     config["format_version"] = 99
     (out / "config.json").write_text(json.dumps(config))
@@ -65,3 +65,25 @@ def test_weights_file_holds_tensors_only(tagger, tmp_path):
     state = load_file(str(out / "weights.safetensors"))
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert "word_emb" in state and "tag_emb" in state
+
+
+def test_never_replaces_a_directory_that_is_not_a_model(tagger, tmp_path):
+    precious = tmp_path / "project"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="refusing to replace"):
+        save_checkpoint(precious, Checkpoint(tagger))
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_a_save_interrupted_between_renames_still_loads(tagger, tmp_path):
+    out = save_checkpoint(tmp_path / "m", Checkpoint(tagger, extra={"v": 1}))
+    out.rename(tmp_path / ".m.old")  # the state right after the first rename
+    assert load_checkpoint(tmp_path / "m").extra == {"v": 1}
+
+
+def test_corrupt_files_are_clear_errors(tagger, tmp_path):
+    out = save_checkpoint(tmp_path / "m", Checkpoint(tagger))
+    (out / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot load the model"):
+        load_checkpoint(out)

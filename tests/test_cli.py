@@ -53,20 +53,26 @@ def test_suggest_prints_k_known_tags(model_dir, capsys):
 
 
 def test_personalized_evaluate_on_authored_posts(tmp_path):
-    rows = []
-    for i in range(60):  # the same text from 15 authors, each with a tag of their own
-        rows.append(json.dumps({"post_id": f"p{i}", "user_id": f"u{i % 15}",
-                                "text": "what a day", "tags": [f"tag{i % 15}"]}))
-    data = tmp_path / "posts.jsonl"
-    data.write_text("\n".join(rows) + "\n")
+    def posts(start, stop):
+        # the same text from 15 authors, each with a tag of their own
+        return "".join(json.dumps({"post_id": f"p{i}", "user_id": f"u{i % 15}",
+                                   "text": "what a day", "tags": [f"tag{i % 15}"]}) + "\n"
+                       for i in range(start, stop))
+
+    history, later = tmp_path / "history.jsonl", tmp_path / "later.jsonl"
+    history.write_text(posts(0, 60))
+    later.write_text(posts(60, 90))
     out = tmp_path / "m"
-    assert main(["train", "--data", str(data), "--valid", str(data), "--out", str(out),
+    assert main(["train", "--data", str(history), "--valid", str(later), "--out", str(out),
                  *FAST]) == 0
     assert json.loads((out / "config.json").read_text())["extra"]["personalize"]["count"] > 0
     js = tmp_path / "p.json"
-    assert main(["evaluate", "--model", str(out), "--data", str(data), "--personalize",
-                 str(data), "--json", str(js), "--quiet"]) == 0
+    args = ["evaluate", "--model", str(out), "--data", str(later), "--json", str(js), "--quiet"]
+    assert main([*args, "--personalize", str(history)]) == 0
     assert json.loads(js.read_text())["p_at_1"] == 1.0  # text alone cannot tell them apart
+    # The evaluated posts' own tags never form a profile, even when passed as one.
+    assert main([*args, "--personalize", str(later)]) == 0
+    assert json.loads(js.read_text())["p_at_1"] < 0.5
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, model_dir, capsys):
@@ -99,3 +105,16 @@ def test_console_script_help_lists_the_contract_commands():
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("train", "evaluate", "suggest", "compare"):
         assert command in out
+
+
+def test_compare_writes_table_json_and_plot(small_files, tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--train", str(small_files[0]), "--test", str(small_files[1]),
+                 "--out", str(out), "--dims", "8", "--epochs", "1", "--wsabie-epochs", "1",
+                 "--word2vec-epochs", "1", "--hidden", "16", "--quiet"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    methods = [row["method"] for row in report["rows"]]
+    assert methods == ["Frequency", "#words", "Word2Vec", "WSABIE", "#TagSpace"]
+    assert report["wilcoxon"][0]["dim"] == 8
+    assert "| #TagSpace | 8 |" in (out / "table.md").read_text()
+    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"

@@ -26,6 +26,11 @@ def test_jsonl_record_with_and_without_tags(tmp_path):
     assert posts[1].ts == 1704067200.0
 
 
+def test_naive_iso_times_are_utc(tmp_path):
+    line = json.dumps({"post_id": "p", "user_id": "u", "ts": "2024-01-01T00:00:00", "text": "x"})
+    assert next(read_posts(write(tmp_path, "p.jsonl", line.encode()))).ts == 1704067200.0
+
+
 def test_fasttext_and_hyt_formats(cooking_paths, tmp_path):
     assert detect_format(cooking_paths[0]) == "fasttext"
     first = next(read_posts(cooking_paths[0]))
@@ -51,13 +56,16 @@ def test_bad_lines_are_skipped_and_counted(tmp_path):
         json.dumps({"post_id": "p", "user_id": "u", "text": "x",
                     "tags": ["t"] * 10_000}).encode(),
         b"",
+        b'{"post_id": "p", "user_id": "u", "text": "x", "ts": 1' + b"0" * 400 + b"}",
+        b'{"post_id": "p", "user_id": "u", "text": "x", "n": 1' + b"0" * 5000 + b"}",
     ]
     path = write(tmp_path, "mixed.jsonl", b"\n".join([good, *bad, good]))
     stats = ReadStats()
     posts = list(read_posts(path, stats=stats))
     assert len(posts) == 2
-    assert stats.lines == 12 and sum(stats.skipped.values()) == 10
-    assert stats.skipped["invalid_json"] == 1 and stats.skipped["invalid_utf8"] == 1
+    assert stats.lines == 14 and sum(stats.skipped.values()) == 12
+    assert stats.skipped["invalid_json"] == 2 and stats.skipped["invalid_ts"] == 2
+    assert stats.skipped["invalid_utf8"] == 1
     assert stats.skipped["line_too_long"] == 1 and stats.skipped["too_many_tags"] == 1
 
 
