@@ -58,7 +58,7 @@ class Word2VecScorer:
     TAG_PREFIX = "#"  # a hashtag is its own token, distinct from the same plain word
 
     def __init__(
-        self, posts: Sequence[Post], tags: Vocabulary, dim: int, epochs: int = 10, seed: int = 0,
+        self, posts: Sequence[Post], tags: Vocabulary, dim: int, epochs: int = 60, seed: int = 0,
         workers: int | None = None,
     ):
         from gensim.models import Word2Vec

@@ -220,7 +220,8 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    "results.json and plot.png")
     p.add_argument("--dims", default="64,128,256", help="comma-separated dimensions")
     p.add_argument("--wsabie-epochs", type=int, default=10)
-    p.add_argument("--word2vec-epochs", type=int, default=10)
+    p.add_argument("--word2vec-epochs", type=int, default=60,
+                   help="word2vec passes (60: its best on howyoutagtweets valid)")
     add_format(p)
     add_training_options(p)
 

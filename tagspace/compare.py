@@ -43,7 +43,7 @@ class CompareConfig:
     wsabie: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.05))
     model: ModelConfig = field(default_factory=ModelConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
-    word2vec_epochs: int = 10
+    word2vec_epochs: int = 60
     init_from_wsabie: bool = True
 
 
