@@ -126,8 +126,9 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--personalize", type=Path, action="append", default=[],
                    help="posts whose authors' hashtags form each author's profile (repeatable; "
                    "typically the training files)")
-    p.add_argument("--weights", default=None, metavar="COUNT,SIMILARITY",
-                   help="author-history weights (default: those tuned at training time)")
+    p.add_argument("--weights", default=None, metavar="A,B,C,G",
+                   help="author-history weights: count, model similarity, TF-IDF similarity, "
+                   "popularity (default: those tuned at training time; docs/MODEL.md)")
     p.add_argument("--json", type=Path, help="also write the metrics as JSON")
     add_format(p)
 
@@ -163,14 +164,14 @@ def _maybe_personalized(checkpoint: Any, files: list[Path], weights: str | None,
     profiles = AuthorProfiles.from_posts(sorted(kept, key=lambda p: p.ts or 0.0))
     if weights is not None:
         try:
-            count, similarity = (float(x) for x in weights.split(","))
-        except ValueError:
-            raise ValueError(f"--weights must be COUNT,SIMILARITY, got {weights!r}") from None
-        chosen = PersonalizeWeights(count, similarity)
+            chosen = PersonalizeWeights(*(float(x) for x in weights.split(",")))
+        except (ValueError, TypeError):
+            raise ValueError("--weights must be COUNT,SIMILARITY,LEXICAL,POPULARITY (numbers), "
+                             f"got {weights!r}") from None
     elif "personalize" in checkpoint.extra:
         chosen = PersonalizeWeights(**checkpoint.extra["personalize"])
     else:
-        chosen = PersonalizeWeights(count=4.0, similarity=2.0)
+        chosen = PersonalizeWeights(count=6.0, lexical=8.0, popularity=0.5)
         log.warning("the model has no tuned author-history weights; using %s (see --weights)",
                     chosen)
     log.info("personalized by %d author profiles, %s", len(profiles), chosen)

@@ -111,8 +111,8 @@ def run_compare(
         if profiles is not None and valid is not None:  # never tuned on the test posts
             weights, _ = tune_weights(tagspace, profiles, valid)
             add("#TagSpace + author", dim, PersonalizedScorer(tagspace, profiles, weights),
-                seconds, f"author weights {weights.count}/{weights.similarity} (count/similarity)"
-                " tuned on validation data")
+                seconds, "author weights (count, model sim., TF-IDF sim., popularity) "
+                f"{tuple(weights.to_dict().values())} tuned on validation data")
     return {
         "n_train_posts": len(train),
         "n_test_posts": sum(1 for p in test if p.tags),

@@ -10,7 +10,8 @@ from tagspace.personalize import (
     AuthorProfiles,
     PersonalizedScorer,
     PersonalizeWeights,
-    personalize_scores,
+    combine,
+    history_features,
     tune_weights,
 )
 from tagspace.vocab import Vocabulary
@@ -51,14 +52,17 @@ def test_profile_counts_and_unknown_author_falls_back_to_content():
     assert np.argsort(-rows[1]).tolist() == [0, 1, 2]  # content order unchanged
 
 
-def test_count_term_is_log1p_of_counts_on_standardised_content():
+def test_count_and_popularity_terms_on_standardised_content():
     content = np.array([[3.0, 1.0, 2.0]])
     history = AuthorHistory(Counter({"cats": 5, "never-seen": 9}))
-    out = personalize_scores(content, TAGS, [history], PersonalizeWeights(count=0.0))
+    features = history_features(TAGS, [history])
+    popularity = np.log1p(np.array(TAGS.counts, np.float32))
+    out = combine(content, features, PersonalizeWeights(), popularity)
     assert np.argsort(-out[0]).tolist() == [0, 2, 1]
-    boosted = personalize_scores(content, TAGS, [history], PersonalizeWeights(count=1.0))
+    boosted = combine(content, features, PersonalizeWeights(count=1.0, popularity=0.5), popularity)
     z = (content - content.mean()) / content.std()
-    np.testing.assert_allclose(boosted[0], z[0] + np.array([0, np.log(6), 0]))
+    np.testing.assert_allclose(boosted[0], z[0] + np.array([0, np.log(6), 0]) + 0.5 * popularity,
+                               rtol=1e-6)
 
 
 def test_similarity_term_picks_the_tag_of_the_most_similar_past_post():
@@ -72,12 +76,16 @@ def test_similarity_term_picks_the_tag_of_the_most_similar_past_post():
     counts_only = PersonalizedScorer(FixedScorer(), profiles, PersonalizeWeights(count=1.0))
     a, b = counts_only.scores([post("u", text="my kitten"), post("u", text="subway late")])
     np.testing.assert_allclose(a, b)  # without similarity the text cannot choose
+    lexical = PersonalizedScorer(FixedScorer(), profiles, PersonalizeWeights(1.0, 0.0, 4.0))
+    kitten, subway = lexical.scores([post("u", text="kitten photo"), post("u", text="subway")])
+    assert np.argmax(kitten) == 1 and np.argmax(subway) == 2  # TF-IDF cosine, same effect
 
 
 def test_tuning_picks_weights_that_help_on_validation():
     profiles = AuthorProfiles.from_posts([post("u1", ["nyc"]), post("u2", ["cats"])])
     valid = [post("u1", ["nyc"]), post("u2", ["cats"]), post("u3", ["news"])]
-    best, results = tune_weights(FixedScorer(), profiles, valid, count_grid=(0.0, 0.5, 4.0),
-                                 similarity_grid=(0.0,))
-    assert results[PersonalizeWeights(0.0, 0.0)].p_at_1 < results[best].p_at_1 == 1.0
-    assert best == PersonalizeWeights(4.0, 0.0)
+    grid = {"count": (0.0, 0.5, 4.0), "similarity": (0.0,), "lexical": (0.0,),
+            "popularity": (0.0,)}
+    best, results = tune_weights(FixedScorer(), profiles, valid, grid)
+    assert results[PersonalizeWeights()].p_at_1 < results[best].p_at_1 == 1.0
+    assert best == PersonalizeWeights(count=4.0)
