@@ -21,12 +21,13 @@ from tagspace.hogwild import TrainConfig
 from tagspace.model import ModelConfig
 from tagspace.training import VocabConfig, build_vocabularies, train_tagger
 
-PAPER = {"init": False, "dropout": 0.0, "positives": "one", "negatives": 1000}
+PAPER = {"init": False, "dropout": 0.0, "positives": "one", "share": False, "negatives": 1000}
 STEPS = [
     ("the paper's set-up (random init, one positive per step)", {}),
     ("+ lookup tables from WSABIE (the paper's initialisation)", {"init": True}),
     ("+ dropout 0.5 on the pooled features", {"dropout": 0.5}),
     ("+ every gold tag a positive each step", {"positives": "all"}),
+    ("+ word-tag sharing (learned bonus for tags that are words of the post)", {"share": True}),
     ("+ 4,000 negatives per block", {"negatives": 4000}),
 ]
 
@@ -58,9 +59,10 @@ def main() -> None:
                 wsabie[key] = train_tagger(train, "wsabie", ModelConfig(dim=args.dim),
                                            replace(train_cfg, lr=0.05), vocabularies=vocabs)
             init = wsabie[key]
-        tagger = train_tagger(train, "tagspace",
-                              ModelConfig(dim=args.dim, dropout=settings["dropout"]), train_cfg,
-                              vocabularies=vocabs, init_from=init)
+        model = ModelConfig(dim=args.dim, dropout=settings["dropout"],
+                            word_tag_share=settings["share"])
+        tagger = train_tagger(train, "tagspace", model, train_cfg, vocabularies=vocabs,
+                              init_from=init)
         metrics = evaluate(tagger, test).metrics
         rows.append({"variant": label, "settings": dict(settings), **metrics.to_dict(),
                      "seconds": round(time.perf_counter() - start, 1)})
