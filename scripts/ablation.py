@@ -68,6 +68,11 @@ def main() -> None:
                      "seconds": round(time.perf_counter() - start, 1)})
         print(f"{label}: P@1 {metrics.p_at_1:.4f} R@10 {metrics.r_at_10:.4f}", flush=True)
 
+    for key, model in wsabie.items():  # the baseline each variant is measured against
+        metrics = evaluate(model, test).metrics
+        rows.append({"variant": f"WSABIE, positives={key} (reference)", "settings": {},
+                     **metrics.to_dict(), "seconds": 0.0})
+
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [f"#TagSpace d={args.dim}, {args.epochs} epochs, {args.train.name} -> "
