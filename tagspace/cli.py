@@ -65,23 +65,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Any:
-    args = parser.parse_args(argv)
-    if getattr(args, "config", None) is None:
-        return args
-    try:
-        settings = tomllib.loads(args.config.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        parser.error(f"--config {args.config}: {e}")
-    sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
-    known = {a.dest: a for a in sub._actions}
-    defaults = {}
-    for key, value in settings.items():
-        dest = key.replace("-", "_")
-        if dest not in known or dest in ("config", "func"):
-            parser.error(f"--config {args.config}: unknown setting {key!r} for {args.command}")
-        defaults[dest] = value
-    sub.set_defaults(**defaults)
+    """Parse ``argv``; a ``--config`` TOML file supplies defaults, required options included."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path = _config_path(argv)
+    subparsers = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    if path is not None and argv and argv[0] in subparsers:
+        try:
+            settings = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            parser.error(f"--config {path}: {e}")
+        actions = {a.dest: a for a in subparsers[argv[0]]._actions}
+        for key, value in settings.items():
+            action = actions.get(key.replace("-", "_"))
+            if action is None or action.dest in ("config", "help"):
+                parser.error(f"--config {path}: unknown setting {key!r} for {argv[0]}")
+            if action.type is Path:
+                value = [Path(v) for v in value] if isinstance(value, list) else Path(value)
+            action.default = value
+            action.required = False  # the file supplies it; a flag still wins
     return parser.parse_args(argv)
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def load_posts(

@@ -161,7 +161,7 @@ def _maybe_personalized(checkpoint: Any, files: list[Path], weights: str | None,
     if len(kept) < len(history):
         log.warning("%d profile posts are also evaluated posts: left out of the profiles",
                     len(history) - len(kept))
-    profiles = AuthorProfiles.from_posts(sorted(kept, key=lambda p: p.ts or 0.0))
+    profiles = AuthorProfiles.from_posts(kept)
     if weights is not None:
         try:
             chosen = PersonalizeWeights(*(float(x) for x in weights.split(",")))

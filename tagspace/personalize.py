@@ -78,6 +78,10 @@ class AuthorProfiles:
 
     @classmethod
     def from_posts(cls, posts: Iterable[Post]) -> AuthorProfiles:
+        """Profiles from ``posts``, taken in time order when every post has a time."""
+        posts = list(posts)
+        if all(p.ts is not None for p in posts):
+            posts.sort(key=lambda p: p.ts or 0.0)  # stable: file order breaks ties
         profiles = cls()
         for post in posts:
             profiles.add(post)

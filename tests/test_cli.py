@@ -118,3 +118,12 @@ def test_compare_writes_table_json_and_plot(small_files, tmp_path):
     assert report["wilcoxon"][0]["dim"] == 8
     assert "| #TagSpace | 8 |" in (out / "table.md").read_text()
     assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_config_file_can_supply_required_options(tmp_path, small_files):
+    out = tmp_path / "m"
+    config = tmp_path / "c.toml"
+    config.write_text(f'data = ["{small_files[0]}"]\nout = "{out}"\ndim = 8\nhidden = 16\n'
+                      'epochs = 1\ninit = "random"\n')
+    assert main(["train", "--config", str(config), "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["dim"] == 8
