@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,10 +15,6 @@ from tagspace.dataset import Post
 from tagspace.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
-
-
-def tag_vocabulary(posts: Sequence[Post], max_tags: int = 100_000) -> Vocabulary:
-    return Vocabulary.build((p.tags for p in posts), max_size=max_tags)
 
 
 class FrequencyScorer:
@@ -89,10 +84,3 @@ class Word2VecScorer:
         emb = np.stack([self.embed(p.tokens) for p in posts])
         emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-8)
         return emb @ self._tag_matrix.T
-
-
-def tag_counts(posts: Sequence[Post]) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for p in posts:
-        counts.update(p.tags)
-    return counts

@@ -87,3 +87,10 @@ def test_corrupt_files_are_clear_errors(tagger, tmp_path):
     (out / "weights.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="cannot load the model"):
         load_checkpoint(out)
+
+
+def test_suggest_returns_k_known_tags_best_first(tagger):
+    best = tagger.suggest("rain again today", k=2)
+    assert len(best) == 2 and best[0].score >= best[1].score
+    assert {s.tag for s in best} <= set(tagger.tags.tokens)
+    assert tagger.suggest("anything", k=0) == []
