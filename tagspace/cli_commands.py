@@ -257,6 +257,67 @@ def cmd_compare(args: Any) -> int:
     return 0
 
 
+def _eval_recommend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="model directory")
+    p.add_argument("--data", type=Path, required=True,
+                   help="posts with authors; per user: history = all but the last, target = last")
+    p.add_argument("--history", type=Path,
+                   help="take histories from these posts instead, and each user's first post "
+                   "in --data as the target (howyoutagtweets: --history train.csv)")
+    p.add_argument("--negatives", type=int, default=10_000, help="candidates from other users")
+    p.add_argument("--seed", type=int, default=0, help="seed of the candidate draw")
+    p.add_argument("--bow-weight", type=float, default=1.0,
+                   help="model+bow: model score + this x bag-of-words score")
+    p.add_argument("--json", type=Path, help="also write the metrics as JSON")
+    add_format(p)
+
+
+def cmd_eval_recommend(args: Any) -> int:
+    import json
+
+    import numpy as np
+
+    from tagspace.bow import BagOfWords
+    from tagspace.checkpoint import load_checkpoint
+    from tagspace.recommend import (
+        build_task,
+        evaluate_recommendation,
+        max_cosine_scores,
+        unit_rows,
+    )
+
+    tagger = load_checkpoint(args.model).tagger
+    posts = load_posts([args.data], args.format, require_tags=False)
+    history = load_posts([args.history], args.format, require_tags=False) if args.history else None
+    with Timer() as timer:
+        task = build_task(posts, args.negatives, args.seed, history)
+        tokens = [p.tokens for p in task.posts]
+        bow = BagOfWords(tokens).transform(tokens)
+        model = unit_rows(np.concatenate([tagger.embed_tokens(tokens[i : i + 1024]).numpy()
+                                          for i in range(0, len(tokens), 1024)]))
+
+        def scorer(vectors: Any, weight: float = 1.0) -> Any:
+            return lambda u, c: weight * max_cosine_scores(vectors[task.histories[u]], vectors[c])
+
+        bow_score, model_score = scorer(bow), scorer(model)
+        results = {
+            "bow": evaluate_recommendation(task, bow_score).to_dict(),
+            "model": evaluate_recommendation(task, model_score).to_dict(),
+            "model+bow": evaluate_recommendation(
+                task, lambda u, c: model_score(u, c) + args.bow_weight * bow_score(u, c)
+            ).to_dict(),
+        }
+    log.info("%d users evaluated, %d skipped (a single post), %.1f s", len(task.users),
+             task.skipped_users, timer.seconds)
+    print(f"{'method':<10} {'P@1':>7} {'R@10':>7} {'R@50':>7} users")
+    for name, m in results.items():
+        print(f"{name:<10} {m['p_at_1']:7.4f} {m['r_at_10']:7.4f} {m['r_at_50']:7.4f} "
+              f"{m['n_users']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 Command = tuple[Callable[[Any], int], str, Callable[[argparse.ArgumentParser], None]]
 COMMANDS: dict[str, Command] = {
     "train": (cmd_train, "train a #TagSpace or WSABIE model on posts with hashtags", _train_args),
@@ -264,4 +325,6 @@ COMMANDS: dict[str, Command] = {
     "suggest": (cmd_suggest, "suggest hashtags for a text", _suggest_args),
     "compare": (cmd_compare, "the paper's Tables 3/4: all baselines and dimensions",
                 _compare_args),
+    "eval-recommend": (cmd_eval_recommend, "document recommendation by max cosine over each "
+                       "user's history (paper section 4.3)", _eval_recommend_args),
 }

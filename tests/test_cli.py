@@ -127,3 +127,21 @@ def test_config_file_can_supply_required_options(tmp_path, small_files):
                       'epochs = 1\ninit = "random"\n')
     assert main(["train", "--config", str(config), "--quiet"]) == 0
     assert json.loads((out / "config.json").read_text())["model"]["dim"] == 8
+
+
+def test_eval_recommend_writes_contract_json(model_dir, tmp_path):
+    topics = ["bread dough yeast", "steak grill beef", "cake sugar oven", "knife sharpen steel"]
+    rows = [json.dumps({"post_id": f"p{i}", "user_id": f"u{i % 8}", "ts": i,
+                        "text": f"{topics[(i % 8) % 4]} note {i}", "tags": ["x"]})
+            for i in range(64)]
+    data = tmp_path / "posts.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "rec.json"
+    assert main(["eval-recommend", "--model", str(model_dir), "--data", str(data),
+                 "--negatives", "20", "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"bow", "model", "model+bow"}
+    for metrics in result.values():
+        assert set(metrics) == {"p_at_1", "r_at_10", "r_at_50", "n_users"}
+        assert metrics["n_users"] == 8
+    assert result["bow"]["r_at_10"] == 1.0  # each user's target shares its topic words
