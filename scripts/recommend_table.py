@@ -28,7 +28,7 @@ from tagspace.recommend import (
     RecommendTask,
     build_task,
     evaluate_recommendation,
-    max_cosine_scores,
+    max_cosine_scorer,
     unit_rows,
 )
 from tagspace.vocab import Vocabulary
@@ -47,13 +47,7 @@ def vectors_for(task: RecommendTask, kind: str, payload: object):
 
 
 def run(task: RecommendTask, vectors, extra=None, weight: float = 0.0):
-    def score(u: int, c: np.ndarray) -> np.ndarray:
-        s = max_cosine_scores(vectors[task.histories[u]], vectors[c])
-        if extra is not None:
-            s = s + weight * max_cosine_scores(extra[task.histories[u]], extra[c])
-        return s
-
-    return evaluate_recommendation(task, score)
+    return evaluate_recommendation(task, max_cosine_scorer(task, vectors, extra, weight))
 
 
 def main() -> None:

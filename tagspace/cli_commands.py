@@ -279,12 +279,7 @@ def cmd_eval_recommend(args: Any) -> int:
 
     from tagspace.bow import BagOfWords
     from tagspace.checkpoint import load_checkpoint
-    from tagspace.recommend import (
-        build_task,
-        evaluate_recommendation,
-        max_cosine_scores,
-        unit_rows,
-    )
+    from tagspace.recommend import build_task, evaluate_recommendation, max_cosine_scorer, unit_rows
 
     tagger = load_checkpoint(args.model).tagger
     posts = load_posts([args.data], args.format, require_tags=False)
@@ -295,17 +290,11 @@ def cmd_eval_recommend(args: Any) -> int:
         bow = BagOfWords(tokens).transform(tokens)
         model = unit_rows(np.concatenate([tagger.embed_tokens(tokens[i : i + 1024]).numpy()
                                           for i in range(0, len(tokens), 1024)]))
-
-        def scorer(vectors: Any, weight: float = 1.0) -> Any:
-            return lambda u, c: weight * max_cosine_scores(vectors[task.histories[u]], vectors[c])
-
-        bow_score, model_score = scorer(bow), scorer(model)
         results = {
-            "bow": evaluate_recommendation(task, bow_score).to_dict(),
-            "model": evaluate_recommendation(task, model_score).to_dict(),
+            "bow": evaluate_recommendation(task, max_cosine_scorer(task, bow)).to_dict(),
+            "model": evaluate_recommendation(task, max_cosine_scorer(task, model)).to_dict(),
             "model+bow": evaluate_recommendation(
-                task, lambda u, c: model_score(u, c) + args.bow_weight * bow_score(u, c)
-            ).to_dict(),
+                task, max_cosine_scorer(task, model, bow, args.bow_weight)).to_dict(),
         }
     log.info("%d users evaluated, %d skipped (a single post), %.1f s", len(task.users),
              task.skipped_users, timer.seconds)

@@ -17,8 +17,7 @@ import scipy.sparse as sps
 
 from tagspace.dataset import Post
 
-# A representation: token lists -> unit rows (dense ndarray or sparse csr), cosine = dot.
-Representation = Callable[[Sequence[Sequence[str]]], "np.ndarray | sps.csr_matrix"]
+Vectors = np.ndarray | sps.csr_matrix  # unit rows, one per post: cosine = dot product
 
 
 @dataclass(frozen=True)
@@ -117,12 +116,19 @@ def evaluate_recommendation(
                             float(np.mean(ranks <= 50)), len(ranks))
 
 
-def representation_scorer(task: RecommendTask, represent: Representation):
-    """Represent every post once; score a user's candidates by max cosine over the history."""
-    vectors = represent([p.tokens for p in task.posts])
+def max_cosine_scorer(
+    task: RecommendTask, vectors: Vectors, extra: Vectors | None = None, weight: float = 0.0
+) -> Callable[[int, np.ndarray], np.ndarray]:
+    """Scores for ``evaluate_recommendation``: max cosine over the user's history in ``vectors``
+    (unit rows of every post of ``task``), plus ``weight`` x the same in ``extra`` (a sum of two
+    representations, such as model + BoW)."""
 
     def score(u: int, candidates: np.ndarray) -> np.ndarray:
-        return max_cosine_scores(vectors[task.histories[u]], vectors[candidates])
+        history = task.histories[u]
+        scores = max_cosine_scores(vectors[history], vectors[candidates])
+        if extra is not None and weight:
+            scores = scores + weight * max_cosine_scores(extra[history], extra[candidates])
+        return scores
 
     return score
 
