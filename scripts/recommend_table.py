@@ -42,8 +42,7 @@ def vectors_for(task: RecommendTask, kind: str, payload: object):
         return BagOfWords(tokens).transform(tokens)
     if kind == "w2v":
         return unit_rows(np.stack([payload.embed(t) for t in tokens]))  # type: ignore[attr-defined]
-    return unit_rows(np.concatenate([payload.embed_tokens(tokens[i : i + 1024]).numpy()  # type: ignore[attr-defined]
-                                     for i in range(0, len(tokens), 1024)]))
+    return unit_rows(payload.embed_all(tokens))  # type: ignore[attr-defined]
 
 
 def run(task: RecommendTask, vectors, extra=None, weight: float = 0.0):

@@ -275,8 +275,6 @@ def _eval_recommend_args(p: argparse.ArgumentParser) -> None:
 def cmd_eval_recommend(args: Any) -> int:
     import json
 
-    import numpy as np
-
     from tagspace.bow import BagOfWords
     from tagspace.checkpoint import load_checkpoint
     from tagspace.recommend import build_task, evaluate_recommendation, max_cosine_scorer, unit_rows
@@ -288,8 +286,7 @@ def cmd_eval_recommend(args: Any) -> int:
         task = build_task(posts, args.negatives, args.seed, history)
         tokens = [p.tokens for p in task.posts]
         bow = BagOfWords(tokens).transform(tokens)
-        model = unit_rows(np.concatenate([tagger.embed_tokens(tokens[i : i + 1024]).numpy()
-                                          for i in range(0, len(tokens), 1024)]))
+        model = unit_rows(tagger.embed_all(tokens))
         results = {
             "bow": evaluate_recommendation(task, max_cosine_scorer(task, bow)).to_dict(),
             "model": evaluate_recommendation(task, max_cosine_scorer(task, model)).to_dict(),

@@ -32,6 +32,7 @@ from tagspace.bow import BagOfWords
 from tagspace.dataset import Post
 from tagspace.evaluate import TagScorer
 from tagspace.metrics import RankingMetrics, gold_ranks, ranking_metrics
+from tagspace.recommend import unit_rows
 from tagspace.vocab import Vocabulary
 
 MAX_HISTORY_POSTS = 200  # newest kept: the recent past predicts best and bounds the cost
@@ -191,7 +192,7 @@ class PersonalizedScorer:
         histories = [self.profiles.get(p.user_id) for p in posts]
         model_sims = lexical_sims = None
         if self._embed is not None and (all_terms or self.weights.similarity):
-            query = _unit(_embed(self._embed, [p.tokens for p in posts]))
+            query = unit_rows(_embed(self._embed, [p.tokens for p in posts]))
             model_sims = [None if h is None else self._past("model", p.user_id, h) @ query[i]
                           for i, (p, h) in enumerate(zip(posts, histories, strict=True))]
         if all_terms or self.weights.lexical:
@@ -215,7 +216,7 @@ class PersonalizedScorer:
         if key not in self._history_vectors:
             if kind == "model":
                 assert self._embed is not None
-                self._history_vectors[key] = _unit(_embed(self._embed, history.post_tokens))
+                self._history_vectors[key] = unit_rows(_embed(self._embed, history.post_tokens))
             else:
                 self._history_vectors[key] = self._bag_of_words().transform(history.post_tokens)
         return self._history_vectors[key]
@@ -224,10 +225,6 @@ class PersonalizedScorer:
 def _embed(embed: EmbedFn, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
     return np.concatenate([np.asarray(embed(token_lists[i : i + 1024]), np.float32)
                            for i in range(0, len(token_lists), 1024)])
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-8)
 
 
 def tune_weights(

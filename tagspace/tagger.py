@@ -49,6 +49,12 @@ class Tagger:
         """(P, d) post embeddings e_conv(w)."""
         return self.model.embed_posts(*self._batch(token_lists))
 
+    def embed_all(self, token_lists: Sequence[Sequence[str]], batch: int = 1024) -> np.ndarray:
+        """(P, d) embeddings of any number of posts, computed a batch at a time."""
+        parts = [self.embed_tokens(token_lists[i : i + batch]).numpy()
+                 for i in range(0, len(token_lists), batch)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.model.config.dim), np.float32)
+
     @torch.no_grad()
     def scores(self, posts: Sequence[Post]) -> np.ndarray:
         """(P, n_tags): f(w, t) for every post and tag."""
