@@ -277,7 +277,7 @@ def cmd_eval_recommend(args: Any) -> int:
 
     from tagspace.bow import BagOfWords
     from tagspace.checkpoint import load_checkpoint
-    from tagspace.recommend import build_task, evaluate_recommendation, max_cosine_scorer, unit_rows
+    from tagspace.recommend import build_task, max_cosine_matrix, metrics_from_scores, unit_rows
 
     tagger = load_checkpoint(args.model).tagger
     posts = load_posts([args.data], args.format, require_tags=False)
@@ -285,14 +285,10 @@ def cmd_eval_recommend(args: Any) -> int:
     with Timer() as timer:
         task = build_task(posts, args.negatives, args.seed, history)
         tokens = [p.tokens for p in task.posts]
-        bow = BagOfWords(tokens).transform(tokens)
-        model = unit_rows(tagger.embed_all(tokens))
-        results = {
-            "bow": evaluate_recommendation(task, max_cosine_scorer(task, bow)).to_dict(),
-            "model": evaluate_recommendation(task, max_cosine_scorer(task, model)).to_dict(),
-            "model+bow": evaluate_recommendation(
-                task, max_cosine_scorer(task, model, bow, args.bow_weight)).to_dict(),
-        }
+        bow = max_cosine_matrix(task, BagOfWords(tokens).transform(tokens))
+        model = max_cosine_matrix(task, unit_rows(tagger.embed_all(tokens)))
+        scores = {"bow": bow, "model": model, "model+bow": model + args.bow_weight * bow}
+        results = {name: metrics_from_scores(s).to_dict() for name, s in scores.items()}
     log.info("%d users evaluated, %d skipped (a single post), %.1f s", len(task.users),
              task.skipped_users, timer.seconds)
     print(f"{'method':<10} {'P@1':>7} {'R@10':>7} {'R@50':>7} users")

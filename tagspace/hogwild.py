@@ -90,6 +90,8 @@ class HogwildWorker:
         self._dense_acc = [torch.zeros_like(p) for p in self.encoder.parameters()]
         self._word_acc = torch.zeros(model.word_emb.shape[0])
         self._tag_acc = torch.zeros(model.tag_emb.shape[0])
+        # Rows negatives are drawn from (None: all). An online vocabulary sets its used rows.
+        self.negative_pool: np.ndarray | None = None
 
     def step(self, word_ids: Sequence[np.ndarray], gold: Sequence[np.ndarray]) -> StepStats:
         """One WARP step on a batch of posts, each with >= 1 known tag id in ``gold``."""
@@ -108,7 +110,12 @@ class HogwildWorker:
             if cfg.positives == "all":
                 owner = np.repeat(owner, [len(g) for g in gold])
                 pos = np.concatenate(gold)
-            negs = self.rng.integers(n_tags, size=cfg.negatives)
+            pool = self.negative_pool
+            if pool is None:
+                negs = self.rng.integers(n_tags, size=cfg.negatives)
+            else:
+                negs = pool[self.rng.integers(len(pool), size=cfg.negatives)]
+                n_tags = len(pool)  # the rank estimate counts tags in use only
             tag_rows, tag_index = torch.unique(
                 torch.from_numpy(np.concatenate([pos, negs])), return_inverse=True
             )
@@ -167,6 +174,12 @@ class HogwildWorker:
         acc.index_add_(0, rows, grad.pow(2).mean(1))
         scale = -self.config.lr / (acc[rows].sqrt() + 1e-8)
         table.index_add_(0, rows, grad * scale.unsqueeze(1))
+
+    def reset_rows(self, word_rows: Sequence[int], tag_rows: Sequence[int]) -> None:
+        """Rows given to new tokens of an online vocabulary start with fresh optimizer state."""
+        self._grow_state(self.model.word_emb.shape[0], self.model.tag_emb.shape[0])
+        self._word_acc[list(word_rows)] = 0.0
+        self._tag_acc[list(tag_rows)] = 0.0
 
     def _grow_state(self, n_words: int, n_tags: int) -> None:
         # Online vocabularies can grow; new rows start with fresh optimizer state.

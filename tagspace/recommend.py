@@ -3,13 +3,13 @@
 For each user with >= 2 posts in time order, the history is all but the last post and the target
 is the last; the target is ranked against ``negatives`` posts drawn (seeded) from other users. A
 candidate's score is the max over the history of the cosine similarity between post
-representations (``../shared/CONTRACT.md``). Scoring is one matrix product per user.
+representations (``../shared/CONTRACT.md``). Scoring is one matrix product per batch of users.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -93,44 +93,54 @@ def build_task(
     return RecommendTask(pool, users, histories, np.asarray(targets, np.int64), drawn, skipped)
 
 
-def max_cosine_scores(history: np.ndarray | sps.csr_matrix,
-                      candidates: np.ndarray | sps.csr_matrix) -> np.ndarray:
-    """(H, D) and (C, D) unit rows -> (C,): each candidate's max cosine over the history."""
-    sims = history @ candidates.T  # (H, C)
-    if sps.issparse(sims):
-        sims = sims.toarray()
-    return np.asarray(sims).max(axis=0)
+def candidate_matrix(task: RecommendTask) -> np.ndarray:
+    """(U, 1 + negatives) post indices: column 0 is each user's target."""
+    return np.concatenate([task.targets[:, None], task.negatives], axis=1)
 
 
-def evaluate_recommendation(
-    task: RecommendTask, scores_for_user: Callable[[int, np.ndarray], np.ndarray]
-) -> RecommendMetrics:
-    """``scores_for_user(u, candidates)`` scores [target, *negatives]; the target's rank counts
-    the candidates scoring strictly higher."""
-    ranks = np.empty(len(task.users), np.int64)
-    for u in range(len(task.users)):
-        candidates = np.concatenate([[task.targets[u]], task.negatives[u]])
-        scores = scores_for_user(u, candidates)
-        ranks[u] = 1 + int(np.count_nonzero(scores[1:] > scores[0]))
+def max_cosine_matrix(task: RecommendTask, vectors: Vectors, max_rows: int = 1024) -> np.ndarray:
+    """(U, 1 + negatives) float32: each candidate's max cosine over its user's history.
+
+    ``vectors`` holds unit rows for every post of ``task``. Users are taken in batches whose
+    histories total about ``max_rows`` posts: one (rows x posts) product per batch, then a
+    gather of each user's candidate columns, so the cost does not grow with Python loops over
+    candidates. Computed once per representation, sums such as model + BoW are additions."""
+    candidates = candidate_matrix(task)
+    out = np.empty(candidates.shape, np.float32)
+    users = len(task.users)
+    u = 0
+    while u < users:
+        stop, rows = u, 0
+        while stop < users and (stop == u or rows + len(task.histories[stop]) <= max_rows):
+            rows += len(task.histories[stop])
+            stop += 1
+        history = np.concatenate(task.histories[u:stop])
+        sims = vectors[history] @ vectors.T  # (rows, posts)
+        sims = sims.toarray() if sps.issparse(sims) else np.asarray(sims)
+        offset = 0
+        for v in range(u, stop):
+            n = len(task.histories[v])
+            out[v] = sims[offset:offset + n][:, candidates[v]].max(axis=0)
+            offset += n
+        u = stop
+    return out
+
+
+def metrics_from_scores(scores: np.ndarray) -> RecommendMetrics:
+    """(U, 1 + negatives) scores, target in column 0; its rank counts the candidates scoring
+    strictly higher."""
+    ranks = 1 + np.count_nonzero(scores[:, 1:] > scores[:, :1], axis=1)
     return RecommendMetrics(float(np.mean(ranks == 1)), float(np.mean(ranks <= 10)),
                             float(np.mean(ranks <= 50)), len(ranks))
 
 
-def max_cosine_scorer(
-    task: RecommendTask, vectors: Vectors, extra: Vectors | None = None, weight: float = 0.0
-) -> Callable[[int, np.ndarray], np.ndarray]:
-    """Scores for ``evaluate_recommendation``: max cosine over the user's history in ``vectors``
-    (unit rows of every post of ``task``), plus ``weight`` x the same in ``extra`` (a sum of two
-    representations, such as model + BoW)."""
-
-    def score(u: int, candidates: np.ndarray) -> np.ndarray:
-        history = task.histories[u]
-        scores = max_cosine_scores(vectors[history], vectors[candidates])
-        if extra is not None and weight:
-            scores = scores + weight * max_cosine_scores(extra[history], extra[candidates])
-        return scores
-
-    return score
+def best_mix_weight(model: np.ndarray, bow: np.ndarray, weights: Sequence[float]) -> float:
+    """The BoW weight w of model + w x BoW with the best P@1 + R@10 + R@50 on these (tuning)
+    scores; the first such weight on ties."""
+    def quality(w: float) -> float:
+        m = metrics_from_scores(model + w * bow)
+        return m.p_at_1 + m.r_at_10 + m.r_at_50
+    return max(weights, key=quality)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -59,7 +59,11 @@ class Tagger:
     def scores(self, posts: Sequence[Post]) -> np.ndarray:
         """(P, n_tags): f(w, t) for every post and tag."""
         ids, mask = self._batch([p.tokens for p in posts])
-        return self.model.score_all(self.model.embed_posts(ids, mask), ids).numpy()
+        scores = self.model.score_all(self.model.embed_posts(ids, mask), ids).numpy()
+        active = self.tags.active_mask()
+        if active is not None:
+            scores[:, ~active] = -np.inf  # free rows of an online vocabulary are not tags
+        return scores
 
     def suggest(self, text: str, k: int = 10) -> list[Suggestion]:
         post = Post("", None, None, tokenize(text), ())
@@ -71,4 +75,4 @@ def top_k(row: np.ndarray, tags: Vocabulary, k: int) -> list[Suggestion]:
     """The k best tags of one score row, best first (ties by tag id, as in the metrics)."""
     k = max(0, min(k, len(row)))
     best = np.argsort(-row, kind="stable")[:k]
-    return [Suggestion(tags.tokens[i], float(row[i])) for i in best]
+    return [Suggestion(tags.tokens[i], float(row[i])) for i in best if row[i] > -np.inf]

@@ -58,6 +58,11 @@ class Vocabulary:
     def get(self, token: str, default: int | None = None) -> int | None:
         return self._ids.get(token, default)
 
+    def active_mask(self):  # type: ignore[no-untyped-def]
+        """Rows that hold a token, as a bool array; None: all of them (an online vocabulary
+        has free rows)."""
+        return None
+
     def index(self, token: str) -> int:
         """The id of ``token``; KeyError if unknown."""
         return self._ids[token]

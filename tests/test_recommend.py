@@ -5,16 +5,29 @@ import pytest
 import scipy.sparse as sps
 
 from tagspace.dataset import Post
-from tagspace.recommend import build_task, evaluate_recommendation, max_cosine_scores
+from tagspace.recommend import (
+    RecommendTask,
+    best_mix_weight,
+    build_task,
+    max_cosine_matrix,
+    metrics_from_scores,
+)
 
 
-def test_max_cosine_over_history_dense_and_sparse():
-    history = np.array([[1.0, 0.0], [0.0, 1.0]])
-    candidates = np.array([[0.6, 0.8], [-1.0, 0.0], [1.0, 0.0]])
-    expected = [0.8, 0.0, 1.0]  # each candidate's best match among the history posts
-    np.testing.assert_allclose(max_cosine_scores(history, candidates), expected)
-    np.testing.assert_allclose(
-        max_cosine_scores(sps.csr_matrix(history), sps.csr_matrix(candidates)), expected)
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("max_rows", [1, 1024])  # one user per batch, or all users in one
+def test_max_cosine_over_history_hand_built(sparse, max_rows):
+    # posts 0-1: user a's history; 2: a's target; 3-4: b's history; 5: b's target
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0], [0.0, -1.0], [1.0, 0.0]])
+    task = RecommendTask(posts=[], users=["a", "b"],
+                         histories=[np.array([0, 1]), np.array([3, 4])],
+                         targets=np.array([2, 5]), negatives=np.array([[3, 5], [0, 2]]),
+                         skipped_users=0)
+    matrix = sps.csr_matrix(vectors) if sparse else vectors
+    scores = max_cosine_matrix(task, matrix, max_rows=max_rows)
+    # each candidate's best match among its user's history posts; column 0 is the target
+    expected = [[0.8, 0.0, 1.0], [0.0, 0.0, -0.6]]
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
 
 
 def posts(n_users=30, per_user=3):
@@ -41,11 +54,20 @@ def test_candidates_are_never_the_users_own_and_are_reproducible():
 
 
 def test_metrics_count_candidates_scoring_strictly_higher():
-    task = build_task(posts(n_users=3), negatives=4, seed=0)
-    # user 0: target best; user 1: two candidates above it; user 2: 60 would be needed for R@50
-    scores = {0: [9, 1, 1, 1, 1], 1: [5, 6, 7, 1, 1], 2: [0, 1, 1, 1, 1]}
-    m = evaluate_recommendation(task, lambda u, c: np.asarray(scores[u], float))
-    assert (m.p_at_1, m.r_at_10, m.r_at_50, m.n_users) == (1 / 3, 1.0, 1.0, 3)
+    # user 0: target best (ties do not count against it); user 1: two candidates above it;
+    # user 2: 11 candidates above, outside R@10
+    scores = np.zeros((3, 12))
+    scores[0] = [9] + [1] * 10 + [9]
+    scores[1] = [5, 6, 7] + [1] * 9
+    scores[2] = [0] + [1] * 11
+    m = metrics_from_scores(scores)
+    assert (m.p_at_1, m.r_at_10, m.r_at_50, m.n_users) == (1 / 3, 2 / 3, 1.0, 3)
+
+
+def test_mix_weight_is_chosen_by_tuning_quality():
+    model = np.array([[0.5, 0.6], [0.5, 0.6]])  # the model alone ranks both targets second
+    bow = np.array([[1.0, 0.0], [1.0, 0.0]])  # BoW alone ranks them first
+    assert best_mix_weight(model, bow, [0.0, 0.05, 0.5]) == 0.5  # 0.05 is not enough to flip
 
 
 def test_history_file_protocol_and_errors():

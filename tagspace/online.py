@@ -1,0 +1,204 @@
+"""Online learning: a model whose vocabularies grow while Hogwild workers keep training it.
+
+``OnlineTagSpace`` owns the live model (lookup tables preallocated at capacity), the online
+vocabularies and the per-thread Hogwild workers. ``observe`` admits new words and tags (see
+``tagspace.online_vocab``); ``train`` runs one WARP step on a worker; ``evaluate`` scores a post
+before it is trained on (prequential evaluation). The model is shared by reference: readers
+embed with it while workers update it, lock-free as in Hogwild.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tagspace.batch import MAX_TOKENS
+from tagspace.checkpoint import WORD_SPECIALS
+from tagspace.dataset import Post
+from tagspace.hogwild import HogwildWorker, TrainConfig
+from tagspace.model import ModelConfig, TagSpaceModel
+from tagspace.online_vocab import Admission, OnlineVocabulary
+from tagspace.tagger import Tagger
+from tagspace.vocab import Vocabulary
+
+
+@dataclass(frozen=True)
+class Capacity:
+    words: int = 200_000
+    tags: int = 100_000  # the paper's 100k tags
+    min_word_count: int = 2
+    min_tag_count: int = 2
+
+
+@dataclass(frozen=True)
+class OnlineStep:
+    examples: int
+    loss: float
+    trials: float  # WARP draws per example
+
+
+@dataclass(frozen=True)
+class Prediction:
+    hit_at_1: bool
+    gold: int  # gold tags of the post
+    found_at_10: int  # of them in the top 10
+
+
+class OnlineTagSpace:
+    def __init__(self, tagger: Tagger, capacity: Capacity, train: TrainConfig):
+        words, tags = tagger.words, tagger.tags
+        if not isinstance(words, OnlineVocabulary):
+            words = OnlineVocabulary(words, max(capacity.words, len(words)),
+                                     capacity.min_word_count)
+        if not isinstance(tags, OnlineVocabulary):
+            tags = OnlineVocabulary(tags, max(capacity.tags, len(tags)), capacity.min_tag_count)
+        model = _grow(tagger.model, len(words), len(tags))
+        model.link_words_to_tags(words.tokens, {t: i for i, t in enumerate(tags.tokens)
+                                                if tags.active[i]})
+        self.tagger = Tagger(model, words, tags)
+        self.words, self.tags = words, tags
+        self.train_config = train
+        self._vocab_lock = threading.Lock()  # vocabularies change under it; the weights do not
+        self._workers: dict[int, HogwildWorker] = {}
+        self._next_rank = 0
+        self._pool = np.flatnonzero(tags.active)  # WARP negatives: tags in use
+
+    @classmethod
+    def fresh(cls, config: ModelConfig, capacity: Capacity, train: TrainConfig,
+              seed: int = 0) -> OnlineTagSpace:
+        """An untrained model with empty vocabularies: everything is learnt from the stream."""
+        torch.manual_seed(seed)
+        words = OnlineVocabulary(Vocabulary([], [], WORD_SPECIALS), capacity.words,
+                                 capacity.min_word_count)
+        tags = OnlineVocabulary(Vocabulary([], []), capacity.tags, capacity.min_tag_count)
+        model = TagSpaceModel(_sized(config, capacity.words, capacity.tags))
+        return cls(Tagger(model, words, tags), capacity, train)
+
+    @property
+    def model(self) -> TagSpaceModel:
+        return self.tagger.model
+
+    def observe(self, post: Post, clock: float) -> list[Admission]:
+        """Count the post's words and tags; admitted tokens get fresh rows. A new tag's row
+        starts at this post's embedding (scaled), so it already ranks high for similar posts
+        (a warm start instead of a random vector that WARP would first have to move)."""
+        with self._vocab_lock:
+            new_words = self.words.observe(post.tokens[:MAX_TOKENS], clock)
+            new_tags = self.tags.observe(post.tags, clock)
+            if not new_words and not new_tags:
+                return []
+            model = self.model
+            with torch.no_grad():
+                scale = model.config.init_scale / model.config.dim**0.5
+                for a in new_words:
+                    model.word_emb.data[a.row] = torch.randn(model.config.dim) * scale
+                if new_tags:
+                    emb = self.tagger.embed_tokens([post.tokens])[0]
+                    norm = float(model.tag_emb.data[self.tags.active].norm(dim=1).mean()) \
+                        if self.tags.size > len(new_tags) else 1.0
+                    for a in new_tags:
+                        model.tag_emb.data[a.row] = emb / emb.norm().clamp_min(1e-8) * norm
+                self._relink(new_words, new_tags)
+            self._pool = np.flatnonzero(self.tags.active)
+            for worker in self._workers.values():
+                worker.reset_rows([a.row for a in new_words], [a.row for a in new_tags])
+                worker.negative_pool = self._pool
+            return new_words + new_tags
+
+    def _relink(self, new_words: Sequence[Admission], new_tags: Sequence[Admission]) -> None:
+        link = self.model.word_to_tag
+        for a in new_tags:
+            if a.evicted is not None:
+                link[link == a.row] = -1
+            row = self.words.get(a.token)
+            if row is not None:
+                link[row] = a.row
+        for a in new_words:
+            tag = self.tags.get(a.token)
+            link[a.row] = -1 if tag is None else tag
+
+    def evaluate(self, posts: Sequence[Post]) -> list[Prediction]:
+        """Score posts with the current model before training on them (their gold tags not
+        yet seen count as misses, as in the offline metrics)."""
+        posts = [p for p in posts if p.tags]
+        if not posts:
+            return []
+        scores = self.tagger.scores(posts)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+        out = []
+        for post, best in zip(posts, top, strict=True):
+            gold = {self.tags.get(t) for t in post.tags} - {None}
+            out.append(Prediction(int(best[0]) in gold, len(post.tags),
+                                  len(gold.intersection(best.tolist()))))
+        return out
+
+    def train(self, posts: Sequence[Post]) -> OnlineStep:
+        """One WARP step on the calling thread's worker (Hogwild: threads never wait for each
+        other's updates)."""
+        words, gold = [], []
+        for post in posts:
+            tags = np.asarray(self.tags.encode(post.tags), np.int64)
+            if len(tags):
+                words.append(np.asarray(
+                    self.words.encode(post.tokens[:MAX_TOKENS], self.tagger.unk_id), np.int64))
+                gold.append(tags)
+        if not gold or len(self._pool) < 2:
+            return OnlineStep(0, 0.0, 0.0)
+        stats = self._worker().step(words, gold)
+        return OnlineStep(stats.examples, stats.loss, stats.trials)
+
+    def _worker(self) -> HogwildWorker:
+        key = threading.get_ident()
+        worker = self._workers.get(key)
+        if worker is None:
+            with self._vocab_lock:
+                self._next_rank += 1
+                worker = HogwildWorker(self.model, self.train_config, self._next_rank,
+                                       self.tagger.pad_id, self.tagger.unk_id)
+                worker.negative_pool = self._pool
+                self._workers[key] = worker
+        return worker
+
+    def snapshot(self) -> Tagger:
+        """A consistent copy for checkpointing: vocabularies and weights taken together."""
+        with self._vocab_lock:
+            model = TagSpaceModel(self.model.config)
+            model.load_state_dict(self.model.state_dict())
+            n = len(WORD_SPECIALS)
+            words = Vocabulary(self.words.tokens[n:], self.words.counts[n:], WORD_SPECIALS)
+            tags = Vocabulary(list(self.tags.tokens), list(self.tags.counts))
+        return Tagger(model, words, tags)
+
+
+def restore_online(tagger: Tagger, capacity: Capacity, train: TrainConfig) -> OnlineTagSpace:
+    """From a checkpoint written by ``snapshot`` (free rows as placeholders) or by
+    ``tagspace train`` (exact vocabularies, grown here to capacity)."""
+    words = OnlineVocabulary.restore(tagger.words, capacity.words, capacity.min_word_count)
+    tags = OnlineVocabulary.restore(tagger.tags, capacity.tags, capacity.min_tag_count)
+    model = _grow(tagger.model, len(words), len(tags))
+    return OnlineTagSpace(Tagger(model, words, tags), capacity, train)
+
+
+def _sized(config: ModelConfig, n_words: int, n_tags: int) -> ModelConfig:
+    values = config.to_dict() | {"n_words": n_words, "n_tags": n_tags}
+    return ModelConfig(**values)  # type: ignore[arg-type]
+
+
+def _grow(model: TagSpaceModel, n_words: int, n_tags: int) -> TagSpaceModel:
+    """The same model with lookup tables of (at least) the given sizes; new rows random."""
+    config = model.config
+    if config.n_words >= n_words and config.n_tags >= n_tags:
+        return model
+    grown = TagSpaceModel(_sized(config, max(n_words, config.n_words),
+                                 max(n_tags, config.n_tags)))
+    state = model.state_dict()
+    with torch.no_grad():
+        grown.word_emb[: config.n_words] = state.pop("word_emb")
+        grown.tag_emb[: config.n_tags] = state.pop("tag_emb")
+        grown.word_to_tag[: config.n_words] = state.pop("word_to_tag")
+        grown.load_state_dict(state, strict=False)
+    return grown

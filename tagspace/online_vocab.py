@@ -1,0 +1,122 @@
+"""A vocabulary that grows while a model trains online, inside a preallocated table.
+
+The lookup tables are allocated once at ``capacity`` rows; a row is either a token or free. An
+unknown token is counted (pending) and admitted once it has been seen ``min_count`` times: it
+takes a free row, or, when the table is full, the row of the least-recently-seen token (which is
+evicted). The caller re-initialises the rows of admitted tokens. This is the usual streaming
+recipe (count-min admission + LRU eviction, as in Twitter's and Monolith's online embedding
+tables): memory is fixed, rare noise never enters, and a new hashtag becomes usable as soon as it
+is frequent enough.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tagspace.vocab import Vocabulary
+
+FREE_PREFIX = "<free:"  # a free row's placeholder; the tokenizer never yields '<free:'
+MAX_PENDING_FACTOR = 4  # pending counts kept for at most this x capacity tokens
+
+
+@dataclass(frozen=True)
+class Admission:
+    row: int
+    token: str
+    evicted: str | None  # the token that held the row before, if any
+
+
+class OnlineVocabulary(Vocabulary):
+    """``capacity`` rows: specials first, then tokens and free rows (placeholders)."""
+
+    def __init__(self, base: Vocabulary, capacity: int, min_count: int = 2):
+        if capacity < len(base):
+            raise ValueError(f"capacity {capacity} < the {len(base)} tokens already known")
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        free = [f"{FREE_PREFIX}{i}>" for i in range(len(base), capacity)]
+        tokens = base.tokens[len(base.specials):] + free
+        counts = base.counts[len(base.specials):] + [0] * len(free)
+        super().__init__(tokens, counts, base.specials)
+        self.capacity = capacity
+        self.min_count = min_count
+        self.active = np.zeros(capacity, bool)
+        self.active[: len(base)] = True
+        self._free = list(range(capacity - 1, len(base) - 1, -1))  # pop() gives the lowest row
+        for placeholder in free:
+            del self._ids[placeholder]
+        self.last_seen = np.zeros(capacity)
+        self.last_seen[: len(base.specials)] = np.inf  # specials are never evicted
+        self.pending: Counter[str] = Counter()
+        self.evictions = 0
+
+    @classmethod
+    def restore(cls, saved: Vocabulary, capacity: int, min_count: int = 2) -> OnlineVocabulary:
+        """From a saved vocabulary: a snapshot of an online one (free rows as placeholders,
+        rows kept) or a plain one; ``capacity`` rows at least."""
+        known = [(t, c) for t, c in zip(saved.tokens, saved.counts, strict=True)
+                 if t not in saved.specials]
+        capacity = max(capacity, len(saved))
+        vocab = cls(Vocabulary([], [], saved.specials), capacity, min_count)
+        for row, (token, count) in enumerate(known, len(saved.specials)):
+            if not token.startswith(FREE_PREFIX):
+                vocab._assign(row, token)
+                vocab.counts[row] = count
+        vocab._free = [r for r in range(capacity - 1, len(saved.specials) - 1, -1)
+                       if not vocab.active[r]]
+        return vocab
+
+    @property
+    def size(self) -> int:
+        """Rows holding a token (specials included)."""
+        return int(self.active.sum())
+
+    def active_mask(self) -> np.ndarray:
+        return self.active
+
+    def observe(self, tokens: Iterable[str], clock: float) -> list[Admission]:
+        """Count one post's tokens at time ``clock``; admit those now frequent enough."""
+        admitted: list[Admission] = []
+        for token in dict.fromkeys(tokens):  # once per post
+            row = self._ids.get(token)
+            if row is not None:
+                self.counts[row] += 1
+                self.last_seen[row] = max(self.last_seen[row], clock)
+                continue
+            if token.startswith(FREE_PREFIX):
+                continue
+            self.pending[token] += 1
+            if self.pending[token] >= self.min_count:
+                admitted.append(self._admit(token, clock))
+        if len(self.pending) > MAX_PENDING_FACTOR * self.capacity:
+            self._prune_pending()
+        return admitted
+
+    def _admit(self, token: str, clock: float) -> Admission:
+        count = self.pending.pop(token)
+        evicted = None
+        if self._free:
+            row = self._free.pop()
+        else:
+            row = int(np.argmin(self.last_seen))
+            evicted = self.tokens[row]
+            del self._ids[evicted]
+            self.evictions += 1
+        self._assign(row, token)
+        self.counts[row] = count
+        self.last_seen[row] = clock
+        return Admission(row, token, evicted)
+
+    def _assign(self, row: int, token: str) -> None:
+        self.tokens[row] = token
+        self._ids[token] = row
+        self.active[row] = True
+
+    def _prune_pending(self) -> None:
+        # Lossy counting: forget the rarest half of the candidates (mostly one-off noise).
+        keep = self.pending.most_common(len(self.pending) // 2)
+        self.pending = Counter(dict(keep))
