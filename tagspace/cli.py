@@ -29,8 +29,9 @@ EPILOG = """examples:
 """
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, extra: dict[str, Any] | None = None) -> int:
+    """``extra``: more commands, as in ``cli_commands.COMMANDS`` (the service adds its own)."""
+    parser = build_parser(extra)
     args = parse_with_config(parser, argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     from tagspace import cli_commands as c
 
     parser = argparse.ArgumentParser(
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (func, help_text, add_args) in c.COMMANDS.items():
+    for name, (func, help_text, add_args) in (c.COMMANDS | (extra or {})).items():
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_args(p)
@@ -69,7 +70,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     argv = list(sys.argv[1:] if argv is None else argv)
     path = _config_path(argv)
     subparsers = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    if path is not None and argv and argv[0] in subparsers:
+    own = argv and argv[0] in subparsers and subparsers[argv[0]].get_default("own_config")
+    if path is not None and argv and argv[0] in subparsers and not own:
         try:
             settings = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:

@@ -189,12 +189,13 @@ def post_from_record(record: object, default_ts: float | None, error: type[Value
     else:
         raise error("invalid_tags")
     return Post(
-        record["post_id"], record["user_id"], _parse_ts(record.get("ts"), default_ts, error),
+        record["post_id"], record["user_id"], parse_ts(record.get("ts"), default_ts, error),
         tokenize(text), labels,
     )
 
 
-def _parse_ts(value: object, default: float | None, error: type[ValueError]) -> float | None:
+def parse_ts(value: object, default: float | None, error: type[ValueError]) -> float | None:
+    """A record's ``ts``: unix seconds or ISO-8601 (naive = UTC); ``error("invalid_ts")``."""
     if value is None:
         return default
     if isinstance(value, bool):

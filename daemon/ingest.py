@@ -1,0 +1,260 @@
+"""The Kafka side: consume posts and interactions, apply them, commit.
+
+Per poll batch, in this order: decode every record (invalid ones go to the dead-letter topic,
+flushed); embed the valid posts with the live model (and score them first: prequential
+evaluation); write posts and interactions to Redis in one pipeline (idempotent, retried with
+jittered backoff while Redis is down); only then commit each partition's offsets. So delivery
+is at-least-once and the effect exactly-once. Tagged posts that were new go to the trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from daemon.config import Settings
+from daemon.metrics import Metrics, RollingRate
+from daemon.model_hub import ModelHub
+from daemon.records import Interaction, InvalidRecord, dead_letter, decode_interaction, decode_post
+from daemon.store import Store
+from daemon.trainer import OnlineTrainer
+from tagspace.dataset import Post
+
+log = logging.getLogger(__name__)
+EVAL_PER_BATCH = 64  # prequential evaluation: at most this many posts per batch are scored
+LAG_EVERY_S = 1.0
+
+
+@dataclass
+class Decoded:
+    posts: list[tuple[Post, float]] = field(default_factory=list)  # with the Kafka timestamp
+    interactions: list[Interaction] = field(default_factory=list)
+    dead: list[tuple[str, bytes]] = field(default_factory=list)  # (source topic, dead letter)
+
+
+class Ingestor:
+    def __init__(self, settings: Settings, store: Store, hub: ModelHub,
+                 trainer: OnlineTrainer | None, metrics: Metrics,
+                 on_redis_state: Callable[[bool], None] = lambda ok: None):
+        self.s = settings
+        self.store, self.hub, self.trainer, self.metrics = store, hub, trainer, metrics
+        self.on_redis_state = on_redis_state
+        self.p1, self.r10 = RollingRate(), RollingRate()
+        self.kafka_ok = False
+        self.consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._last_lag = 0.0
+
+    # clients
+    def _make_consumer(self) -> KafkaConsumer:
+        return KafkaConsumer(
+            self.s.posts_topic, self.s.interactions_topic, group_id=self.s.group_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=self.s.session_timeout_ms,
+            heartbeat_interval_ms=self.s.heartbeat_interval_ms,
+            max_poll_records=self.s.max_poll_records, max_poll_interval_ms=300_000,
+            client_id="tagspace-daemon", **self.s.kafka_options())
+
+    def producer(self) -> KafkaProducer:
+        # Not idempotent: an idempotent kafka-python producer breaks for good after a broker
+        # restart. Dead letters are keyed by source offset, so a duplicate is recognisable.
+        if self._producer is None:
+            self._producer = KafkaProducer(acks="all", enable_idempotence=False, retries=5,
+                                           linger_ms=5, **self.s.kafka_options())
+        return self._producer
+
+    # the loop
+    def run(self, stop: threading.Event) -> None:
+        self.consumer = self._make_consumer()
+        self.kafka_ok = True
+        try:
+            while not stop.is_set():
+                self._backpressure()
+                try:
+                    batch = self.consumer.poll(timeout_ms=200)
+                    self.kafka_ok = True
+                except KafkaError as e:
+                    self.kafka_ok = False
+                    log.warning("Kafka poll failed: %s", e)
+                    stop.wait(1.0)
+                    continue
+                if batch:
+                    try:
+                        self._process(batch, stop)
+                    except InterruptedError:  # stopping mid-batch: nothing of it committed
+                        break
+                self._update_lag()
+        finally:
+            try:
+                self.consumer.close(autocommit=False)
+            except Exception:  # closing a consumer whose broker is gone
+                log.warning("consumer close failed", exc_info=True)
+            if self._producer is not None:
+                self._producer.close(timeout=2)
+
+    def _backpressure(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        assigned = consumer.assignment()
+        full = self.trainer is not None and self.trainer.room() < self.s.max_poll_records
+        if full and assigned:
+            consumer.pause(*assigned)
+        elif consumer.paused():
+            consumer.resume(*consumer.paused())
+        self.metrics.paused.set(1 if full else 0)
+
+    def _process(self, batch: dict, stop: threading.Event) -> None:
+        decoded = Decoded()
+        for tp, records in batch.items():
+            for record in records:
+                self._decode(tp.topic, record, decoded)
+        if decoded.dead:
+            self._send_dead_letters(decoded.dead, stop)
+        posts = [p for p, _ in decoded.posts]
+        embeddings = self._embed(posts)
+        version = self.hub.version
+        result = self._write_with_retry(
+            list(zip(posts, embeddings, strict=True)), version, decoded.interactions, stop)
+        if result is None:  # stopping while Redis is down: commit nothing, replay later
+            return
+        now = time.time()
+        for (_, kafka_ts), new in zip(decoded.posts, result.post_is_new, strict=True):
+            topic = self.s.posts_topic
+            (self.metrics.applied if new else self.metrics.duplicates).labels(topic).inc()
+            if new:
+                self.metrics.freshness.observe(max(0.0, now - kafka_ts))
+        for new in result.interaction_is_new:
+            topic = self.s.interactions_topic
+            (self.metrics.applied if new else self.metrics.duplicates).labels(topic).inc()
+        if self.trainer is not None:
+            fresh = [p for p, new in zip(posts, result.post_is_new, strict=True) if new]
+            self._learn(fresh)
+        self._commit(batch)
+
+    def _decode(self, topic: str, record, out: Decoded) -> None:  # type: ignore[no-untyped-def]
+        self.metrics.consumed.labels(topic).inc()
+        kafka_ts = record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 \
+            else time.time()
+        try:
+            if topic == self.s.posts_topic:
+                post = decode_post(record.value, kafka_ts, self.s.max_record_bytes,
+                                   self.s.max_text_chars)
+                out.posts.append((post, kafka_ts))
+            else:
+                out.interactions.append(
+                    decode_interaction(record.value, kafka_ts, self.s.max_record_bytes))
+        except InvalidRecord as e:
+            reason = str(e)
+            self.metrics.invalid.labels(topic, reason).inc()
+            out.dead.append((topic, dead_letter(record.value, reason, topic, record.partition,
+                                                record.offset, self.s.max_record_bytes)))
+
+    def _send_dead_letters(self, dead: list[tuple[str, bytes]], stop: threading.Event) -> None:
+        attempt = 0
+        while True:
+            try:
+                producer = self.producer()
+                futures = [producer.send(self.s.dead_letter_topic, value) for _, value in dead]
+                producer.flush(timeout=10)
+                for f in futures:
+                    f.get(timeout=1)
+                break
+            except KafkaError as e:
+                attempt += 1
+                log.warning("dead-letter send failed (attempt %d): %s", attempt, e)
+                if self._producer is not None:  # a fresh producer after broker trouble
+                    self._producer.close(timeout=1)
+                    self._producer = None
+                if stop.wait(_backoff(attempt)):
+                    raise InterruptedError("stopping with unsent dead letters") from e
+        for topic, _ in dead:
+            self.metrics.dead_lettered.labels(topic).inc()
+
+    def _embed(self, posts: list[Post]) -> np.ndarray:
+        if not posts:
+            return np.zeros((0, self.hub.online.model.config.dim), np.float32)
+        online = self.hub.online
+        tagged = [p for p in posts if p.tags][:EVAL_PER_BATCH]
+        if tagged and self.trainer is not None:  # scored before any training on them
+            for pred in online.evaluate(tagged):
+                self.p1.add(float(pred.hit_at_1), 1.0)
+                self.r10.add(pred.found_at_10, pred.gold)
+                self.metrics.evaluated.inc()
+            self.metrics.online_p1.set(self.p1.rate())
+            self.metrics.online_r10.set(self.r10.rate())
+        return online.tagger.embed_all([p.tokens for p in posts])
+
+    def _write_with_retry(self, posts, version, interactions, stop):  # type: ignore[no-untyped-def]
+        attempt = 0
+        while True:
+            try:
+                result = self.store.write(posts, version, interactions)
+                if attempt:
+                    log.info("Redis is back after %d failed attempts", attempt)
+                self.on_redis_state(True)
+                return result
+            except Exception as e:  # redis.RedisError, connection errors
+                attempt += 1
+                self.on_redis_state(False)
+                log.warning("Redis write failed (attempt %d), not committing: %s", attempt, e)
+                if stop.wait(_backoff(attempt)):
+                    return None
+
+    def _learn(self, posts: list[Post]) -> None:
+        assert self.trainer is not None
+        online = self.hub.online
+        for post in posts:
+            online.observe(post, clock=post.ts or time.time())
+        self.trainer.offer([p for p in posts if p.tags])
+        self.metrics.vocab.labels("words").set(online.words.size)
+        self.metrics.vocab.labels("tags").set(online.tags.size)
+        self.metrics.vocab_evictions.labels("words").set(online.words.evictions)
+        self.metrics.vocab_evictions.labels("tags").set(online.tags.evictions)
+
+    def _commit(self, batch: dict) -> None:
+        assert self.consumer is not None
+        offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
+                   for tp, records in batch.items() if records}
+        try:
+            self.consumer.commit(offsets)
+            self.metrics.commits.labels("ok").inc()
+        except KafkaError as e:  # a rebalance: the records come again, with no effect
+            self.metrics.commits.labels("failed").inc()
+            log.warning("offset commit failed: %s", e)
+
+    def _update_lag(self) -> None:
+        now = time.monotonic()
+        if self.consumer is None or now - self._last_lag < LAG_EVERY_S:
+            return
+        self._last_lag = now
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)  # exact on Tansu, unlike end_offsets()
+            if high is None:
+                continue
+            try:
+                position = self.consumer.position(tp, timeout_ms=100)
+            except KafkaError:
+                continue
+            if position is None:
+                continue
+            lag = max(0, high - position)
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    def committed(self) -> dict[TopicPartition, int]:
+        """Committed offsets of this group (tests)."""
+        assert self.consumer is not None
+        return {tp: self.consumer.committed(tp) or 0 for tp in self.consumer.assignment()}
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter, capped at 5 s."""
+    return random.uniform(0.5, 1.0) * min(5.0, 0.1 * 2 ** min(attempt, 10))

@@ -1,0 +1,99 @@
+"""The daemon's Prometheus metrics (``tagspace_`` prefix, low-cardinality labels only).
+
+One registry per daemon instance, so tests can run several in one process.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                   30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        # ingestion (the two contract metrics first)
+        self.consumed = Counter("tagspace_records_consumed_total", "Records read from Kafka",
+                                ["topic"], registry=r)
+        self.dead_lettered = Counter("tagspace_records_dead_lettered_total",
+                                     "Records sent to the dead-letter topic", ["topic"],
+                                     registry=r)
+        self.invalid = Counter("tagspace_records_invalid_total", "Invalid records by reason",
+                               ["topic", "reason"], registry=r)
+        self.duplicates = Counter("tagspace_records_duplicate_total",
+                                  "Valid records already applied (replays): no effect",
+                                  ["topic"], registry=r)
+        self.applied = Counter("tagspace_records_applied_total",
+                               "Valid records whose effect was stored", ["topic"], registry=r)
+        self.freshness = Histogram("tagspace_processing_latency_seconds",
+                                   "Kafka record timestamp -> embedding stored in Redis",
+                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.lag = Gauge("tagspace_consumer_lag", "High watermark - position, per partition",
+                         ["topic", "partition"], registry=r)
+        self.paused = Gauge("tagspace_consumer_paused",
+                            "1 while ingestion is paused (backpressure)", registry=r)
+        self.commits = Counter("tagspace_offset_commits_total", "Offset commits",
+                               ["result"], registry=r)
+        # training
+        self.train_examples = Counter("tagspace_training_examples_total",
+                                      "Posts trained on (WARP)", registry=r)
+        self.train_loss = Gauge("tagspace_training_loss", "Mean WARP loss of the last steps",
+                                registry=r)
+        self.warp_samples = Gauge("tagspace_warp_samples_per_example",
+                                  "WARP negatives drawn per example (last steps)", registry=r)
+        self.train_queue = Gauge("tagspace_training_queue_posts", "Posts waiting for training",
+                                 registry=r)
+        self.online_p1 = Gauge("tagspace_online_p_at_1",
+                               "Prequential P@1 over the last window of posts", registry=r)
+        self.online_r10 = Gauge("tagspace_online_r_at_10",
+                                "Prequential R@10 over the last window of posts", registry=r)
+        self.evaluated = Counter("tagspace_online_evaluated_posts_total",
+                                 "Posts scored before training on them", registry=r)
+        # model
+        self.model_version = Gauge("tagspace_model_version", "Current model version",
+                                   registry=r)
+        self.model_timestamp = Gauge("tagspace_model_version_timestamp_seconds",
+                                     "Unix time the current version was made (age = now - "
+                                     "this)", registry=r)
+        self.vocab = Gauge("tagspace_vocabulary_size", "Tokens in use", ["kind"], registry=r)
+        self.vocab_evictions = Gauge("tagspace_vocabulary_evictions",
+                                     "Tokens evicted (least recently seen) since start",
+                                     ["kind"], registry=r)
+        self.checkpoints = Counter("tagspace_checkpoints_total", "Checkpoints written",
+                                   ["result"], registry=r)
+        self.reembedded = Counter("tagspace_reembedded_posts_total",
+                                  "Stored embeddings refreshed with a newer version",
+                                  registry=r)
+        # Redis and API
+        self.redis_latency = Histogram("tagspace_redis_operation_seconds",
+                                       "Redis round trips", ["operation"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.redis_errors = Counter("tagspace_redis_errors_total", "Failed Redis operations",
+                                    ["operation"], registry=r)
+        self.api_latency = Histogram("tagspace_api_request_seconds", "HTTP API latency",
+                                     ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ready = Gauge("tagspace_ready", "1 when Kafka, Redis and a model are available",
+                           registry=r)
+
+    def observe_redis(self, operation: str, seconds: float, failed: bool) -> None:
+        self.redis_latency.labels(operation).observe(seconds)
+        if failed:
+            self.redis_errors.labels(operation).inc()
+
+
+class RollingRate:
+    """Mean of the last ``size`` values (online P@1 and R@10 over a window of posts)."""
+
+    def __init__(self, size: int = 1000):
+        self.values: deque[tuple[float, float]] = deque(maxlen=size)
+
+    def add(self, hits: float, total: float) -> None:
+        self.values.append((hits, total))
+
+    def rate(self) -> float:
+        total = sum(t for _, t in self.values)
+        return sum(h for h, _ in self.values) / total if total else 0.0

@@ -1,0 +1,67 @@
+"""The live model's versions: start-up loading, periodic atomic checkpoints, the version counter.
+
+Layout of ``model_dir``: ``checkpoints/v00000007/`` (a ``tagspace train``-format directory) per
+version and ``LATEST`` naming the newest complete one (replaced atomically after the checkpoint
+is on disk). Start-up resumes from ``LATEST``; else loads ``model_dir`` itself when it is a
+``tagspace train`` output; else starts a fresh model that learns everything from the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from tagspace.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from tagspace.hogwild import TrainConfig
+from tagspace.model import ModelConfig
+from tagspace.online import Capacity, OnlineTagSpace, restore_online
+
+log = logging.getLogger(__name__)
+
+
+class ModelHub:
+    def __init__(self, model_dir: Path, capacity: Capacity, train: TrainConfig,
+                 fresh: ModelConfig, keep: int = 3):
+        self.model_dir = Path(model_dir)
+        self.keep = keep
+        self.source, self.online, self.version = self._load(capacity, train, fresh)
+        self.version_time = time.time()
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.model_dir / "checkpoints"
+
+    def _load(self, capacity: Capacity, train: TrainConfig,
+              fresh: ModelConfig) -> tuple[str, OnlineTagSpace, int]:
+        latest = self.checkpoints / "LATEST"
+        if latest.is_file():
+            path = self.checkpoints / latest.read_text().strip()
+            checkpoint = load_checkpoint(path)
+            version = int(checkpoint.extra.get("version", 0))
+            log.info("resuming from checkpoint %s (version %d)", path, version)
+            return "checkpoint", restore_online(checkpoint.tagger, capacity, train), version
+        if (self.model_dir / "config.json").is_file():
+            checkpoint = load_checkpoint(self.model_dir)
+            log.info("loaded the trained model in %s", self.model_dir)
+            return "trained", restore_online(checkpoint.tagger, capacity, train), 1
+        log.info("no model in %s: starting a fresh one", self.model_dir)
+        return "fresh", OnlineTagSpace.fresh(fresh, capacity, train), 1
+
+    def checkpoint(self) -> Path:
+        """Write the next version; the previous checkpoints stay until it is complete."""
+        version = self.version + 1
+        name = f"v{version:08d}"
+        path = save_checkpoint(self.checkpoints / name,
+                               Checkpoint(self.online.snapshot(), extra={"version": version}))
+        tmp = self.checkpoints / ".LATEST.tmp"
+        tmp.write_text(name + "\n")
+        with open(tmp) as f:
+            os.fsync(f.fileno())
+        tmp.replace(self.checkpoints / "LATEST")
+        self.version, self.version_time = version, time.time()
+        for old in sorted(self.checkpoints.glob("v*"))[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path

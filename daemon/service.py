@@ -1,0 +1,210 @@
+"""The daemon: wires settings, Redis, the model, training, ingestion, serving and its lifecycle.
+
+Threads: one Kafka ingestion loop, ``workers`` Hogwild trainers, one maintenance loop (feed
+candidates, checkpoints, re-embedding), the HTTP server. SIGTERM or SIGINT: stop polling, finish
+and commit the batch in hand, write a final checkpoint, close, exit 0; a second signal exits at
+once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import redis
+import uvicorn
+
+from daemon.api import create_app
+from daemon.candidates import CandidateIndex
+from daemon.config import Settings, host_port
+from daemon.ingest import Ingestor
+from daemon.metrics import Metrics
+from daemon.model_hub import ModelHub
+from daemon.scorer import Scorer
+from daemon.store import Store
+from daemon.trainer import OnlineTrainer
+from tagspace.hogwild import TrainConfig
+from tagspace.model import ModelConfig
+from tagspace.online import Capacity
+
+log = logging.getLogger("tagspace.daemon")
+REEMBED_BATCH = 256
+
+
+class Daemon:
+    def __init__(self, settings: Settings):
+        s = self.settings = settings
+        self.metrics = Metrics()
+        self.redis = redis.Redis.from_url(s.redis_url, socket_timeout=5,
+                                          socket_connect_timeout=2, health_check_interval=10)
+        self.store = Store(self.redis, s.redis_prefix, history_size=s.history_size,
+                           seen_size=s.seen_size, recent_posts=s.recent_posts,
+                           event_ttl_s=s.event_ttl_s, observe=self.metrics.observe_redis)
+        capacity = Capacity(s.word_capacity, s.tag_capacity, s.min_word_count, s.min_tag_count)
+        train = TrainConfig(lr=s.lr, batch_size=s.batch_size, negatives=s.negatives,
+                            positives="all", workers=s.workers)
+        fresh = ModelConfig(encoder="conv", dim=s.dim, hidden=s.hidden, dropout=0.0,
+                            word_tag_share=True)
+        self.hub = ModelHub(Path(s.model_dir), capacity, train, fresh, s.keep_checkpoints)
+        dim = self.hub.online.model.config.dim
+        self.trainer = (OnlineTrainer(self.hub.online, self.metrics, s.workers, s.batch_size,
+                                      s.train_queue) if s.train else None)
+        self.candidates = CandidateIndex(self.store, s.recent_posts, dim)
+        self.scorer = Scorer(self.hub, self.store, self.candidates, s.feed_history)
+        self.redis_ok = False
+        self.ingestor = Ingestor(s, self.store, self.hub, self.trainer, self.metrics,
+                                 on_redis_state=self._set_redis_state)
+        self.stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._http: uvicorn.Server | None = None
+        self._kafka_probe = (0.0, False)
+        self.app = create_app(self)
+
+    def _set_redis_state(self, ok: bool) -> None:
+        self.redis_ok = ok
+
+    # lifecycle
+    def start(self) -> None:
+        s = self.settings
+        self.redis_ok = self.store.ping()
+        if self.trainer is not None:
+            self.trainer.start()
+        host, port = host_port(s.http_addr)
+        self._http = uvicorn.Server(uvicorn.Config(
+            self.app, host=host, port=port, log_level="warning", access_log=False,
+            timeout_graceful_shutdown=2))
+        for name, target in (("ingest", self._ingest), ("maintenance", self._maintain),
+                             ("http", self._http.run)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        deadline = time.monotonic() + 10
+        while not self._http.started and time.monotonic() < deadline:
+            if not self._threads[-1].is_alive():
+                raise RuntimeError(f"the HTTP server could not listen on {s.http_addr}")
+            time.sleep(0.02)
+        self.refresh_gauges()
+        log.info("serving on http://%s (model version %d, %s); Kafka %s; Redis %s",
+                 s.http_addr, self.hub.version, self.hub.source, s.kafka_bootstrap,
+                 s.redis_url)
+
+    def _ingest(self) -> None:
+        try:
+            self.ingestor.run(self.stop_event)
+        except Exception:
+            log.exception("the ingestion loop failed: stopping")
+            self.stop_event.set()
+
+    def _maintain(self) -> None:
+        s = self.settings
+        last_checkpoint = time.monotonic()
+        while not self.stop_event.wait(s.candidate_refresh_s):
+            try:
+                self.candidates.refresh()
+                self._reembed(int(s.reembed_rate * s.candidate_refresh_s) + 1)
+                self.redis_ok = True
+            except redis.RedisError as e:
+                self.redis_ok = False
+                log.warning("maintenance: Redis unavailable: %s", e)
+            if self.trainer is not None and \
+                    time.monotonic() - last_checkpoint >= s.checkpoint_interval_s:
+                self.checkpoint()
+                last_checkpoint = time.monotonic()
+
+    def _reembed(self, budget: int) -> None:
+        """Refresh up to ``budget`` candidates embedded by an older model version."""
+        version = self.hub.version
+        ids, _, _, _ = self.candidates.snapshot()
+        stale = [ids[i] for i in (self.candidates.versions < version).nonzero()[0][::-1]]
+        stale = stale[: min(budget, REEMBED_BATCH)]  # newest first
+        if not stale:
+            return
+        stored = [p for p in self.store.posts(stale, with_tokens=True) if p is not None]
+        if not stored:
+            return
+        embs = self.hub.online.tagger.embed_all([p.tokens for p in stored])
+        self.metrics.reembedded.inc(self.store.set_embeddings(
+            [(p.post_id, e) for p, e in zip(stored, embs, strict=True)], version))
+        self.candidates.update([p.post_id for p in stored], embs, version)
+
+    def checkpoint(self) -> bool:
+        try:
+            path = self.hub.checkpoint()
+        except Exception:  # a full disk must not stop serving
+            log.exception("checkpoint failed")
+            self.metrics.checkpoints.labels("failed").inc()
+            return False
+        self.metrics.checkpoints.labels("ok").inc()
+        log.info("checkpoint %s (model version %d)", path, self.hub.version)
+        return True
+
+    def shutdown(self) -> None:
+        self.stop_event.set()
+        ingest = self._threads[0] if self._threads else None
+        if ingest is not None:
+            ingest.join(6.0)  # the batch in hand is finished and committed
+        if self.trainer is not None:
+            self.trainer.stop(1.0)
+            self.checkpoint()
+        if self._http is not None:
+            self._http.should_exit = True
+        for thread in self._threads[1:]:
+            thread.join(3.0)
+        self.redis.close()
+
+    def run_until_signalled(self) -> int:
+        """Block until SIGTERM/SIGINT, then shut down cleanly (a second signal: exit now)."""
+        def on_signal(signum: int, frame: object) -> None:
+            if self.stop_event.is_set():
+                log.warning("second signal: exiting now")
+                os._exit(1)
+            log.info("signal %d: draining and stopping", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        while not self.stop_event.wait(0.5):
+            pass
+        self.shutdown()
+        log.info("stopped")
+        return 0
+
+    # health and gauges
+    def kafka_connected(self) -> bool:
+        """A bootstrap server accepts connections (kafka-python has no public "connected"
+        call); cached for a second so that probes stay cheap."""
+        now = time.monotonic()
+        if now - self._kafka_probe[0] > 1.0:
+            ok = False
+            for server in self.settings.kafka_bootstrap.split(","):
+                try:
+                    with socket.create_connection(host_port(server), timeout=0.5):
+                        ok = True
+                        break
+                except OSError:
+                    continue
+            self._kafka_probe = (now, ok)
+        return self._kafka_probe[1] and self.ingestor.consumer is not None
+
+    def readiness_problems(self) -> list[str]:
+        problems = []
+        if not self.kafka_connected():
+            problems.append("kafka unreachable")
+        if not (self.redis_ok and self.store.ping()):
+            problems.append("redis unreachable")
+        if self.hub.online is None:
+            problems.append("no model")
+        return problems
+
+    def refresh_gauges(self) -> None:
+        m, online = self.metrics, self.hub.online
+        m.model_version.set(self.hub.version)
+        m.model_timestamp.set(self.hub.version_time)
+        m.vocab.labels("words").set(online.words.size)
+        m.vocab.labels("tags").set(online.tags.size)
+        m.ready.set(0 if self.readiness_problems() else 1)

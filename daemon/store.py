@@ -1,0 +1,244 @@
+"""Every Redis key the daemon uses, and every read and write of them.
+
+Keys (``P`` = the configured prefix; ids come last, so no id can reach another key's name):
+- ``P:post:{post_id}`` hash: ``user``, ``ts``, ``tags`` and ``tokens`` (JSON), ``emb`` (float32
+  bytes), ``ver`` (the model version that made ``emb``).
+- ``P:recent`` sorted set: post id -> ts; the newest ``recent_posts`` posts (feed candidates).
+- ``P:hist:{user}`` sorted set: post id -> ts of the user's positive interactions (deduplicated
+  by post, newest first when read, capped at ``history_size``).
+- ``P:seen:{user}`` sorted set: posts the user interacted with or hid: never shown again.
+- ``P:utags:{user}`` hash: hashtag -> times the user posted it (personalized suggestions).
+- ``P:tags`` hash: hashtag -> posts carrying it. ``P:pop`` sorted set: post -> positive
+  interactions (cold-start feeds).
+- ``P:event:{event_id}``: an interaction already applied (expires after ``event_ttl_s``).
+
+Exactly-once effect: a post's and an interaction's writes are one Lua script each, applied only
+if the post / event id is new, so replaying a record changes nothing. Writes are pipelined per
+Kafka poll batch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+
+from daemon.records import Interaction
+from tagspace.dataset import Post
+
+_ADD_POST = """
+-- KEYS: post, recent, tags, utags; ARGV: post_id, user, ts, tags_json, tokens_json, emb, ver,
+-- recent_cap, tag...
+if redis.call('HSETNX', KEYS[1], 'user', ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'ts', ARGV[3], 'tags', ARGV[4], 'tokens', ARGV[5],
+           'emb', ARGV[6], 'ver', ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[8])
+if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1) end
+for i = 9, #ARGV do
+  redis.call('HINCRBY', KEYS[3], ARGV[i], 1)
+  redis.call('HINCRBY', KEYS[4], ARGV[i], 1)
+end
+return 1
+"""
+
+_ADD_INTERACTION = """
+-- KEYS: event, hist, seen, pop; ARGV: ttl, post_id, ts, positive, hide, hist_cap, seen_cap
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+if ARGV[4] == '1' then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[6]) - 1)
+  redis.call('ZINCRBY', KEYS[4], 1, ARGV[2])
+end
+if ARGV[4] == '1' or ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[7]) - 1)
+end
+return 1
+"""
+
+_SET_EMBEDDING = """
+-- KEYS: post; ARGV: emb, ver. Only a newer model version replaces an embedding.
+local ver = redis.call('HGET', KEYS[1], 'ver')
+if not ver or tonumber(ver) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'emb', ARGV[1], 'ver', ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class StoredPost:
+    post_id: str
+    user_id: str
+    ts: float
+    tags: list[str]
+    tokens: list[str]
+    embedding: np.ndarray | None
+    version: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    post_is_new: list[bool]  # per post given: False for a replay (nothing changed)
+    interaction_is_new: list[bool]
+
+
+Observer = Callable[[str, float, bool], None]  # (operation, seconds, failed)
+
+
+class Store:
+    def __init__(self, client: redis.Redis, prefix: str, *, history_size: int = 200,
+                 seen_size: int = 5000, recent_posts: int = 100_000,
+                 event_ttl_s: int = 7 * 24 * 3600, observe: Observer | None = None):
+        self.r = client
+        self.p = prefix
+        self.history_size, self.seen_size = history_size, seen_size
+        self.recent_posts, self.event_ttl_s = recent_posts, event_ttl_s
+        self._observe = observe or (lambda op, seconds, failed: None)
+        self._add_post = client.register_script(_ADD_POST)
+        self._add_interaction = client.register_script(_ADD_INTERACTION)
+        self._set_embedding = client.register_script(_SET_EMBEDDING)
+
+    # key names: one place
+    def post_key(self, post_id: str) -> str:
+        return f"{self.p}:post:{post_id}"
+
+    def history_key(self, user_id: str) -> str:
+        return f"{self.p}:hist:{user_id}"
+
+    def seen_key(self, user_id: str) -> str:
+        return f"{self.p}:seen:{user_id}"
+
+    def user_tags_key(self, user_id: str) -> str:
+        return f"{self.p}:utags:{user_id}"
+
+    def event_key(self, event_id: str) -> str:
+        return f"{self.p}:event:{event_id}"
+
+    @property
+    def recent_key(self) -> str:
+        return f"{self.p}:recent"
+
+    @property
+    def tags_key(self) -> str:
+        return f"{self.p}:tags"
+
+    @property
+    def popular_key(self) -> str:
+        return f"{self.p}:pop"
+
+    def _timed(self, op: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            out = fn()
+        except redis.RedisError:
+            self._observe(op, time.perf_counter() - start, True)
+            raise
+        self._observe(op, time.perf_counter() - start, False)
+        return out
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._timed("ping", self.r.ping))
+        except redis.RedisError:
+            return False
+
+    # writes
+    def write(self, posts: Sequence[tuple[Post, np.ndarray]], version: int,
+              interactions: Sequence[Interaction]) -> WriteResult:
+        """One pipeline: each post with its embedding, each interaction; idempotent."""
+        if not posts and not interactions:
+            return WriteResult([], [])
+        pipe = self.r.pipeline(transaction=False)
+        for post, emb in posts:
+            self._add_post(
+                keys=[self.post_key(post.post_id), self.recent_key, self.tags_key,
+                      self.user_tags_key(post.user_id or "")],
+                args=[post.post_id, post.user_id, repr(float(post.ts or 0.0)),
+                      json.dumps(list(post.tags)), json.dumps(list(post.tokens)),
+                      np.asarray(emb, np.float32).tobytes(), version, self.recent_posts,
+                      *post.tags],
+                client=pipe)
+        for e in interactions:
+            self._add_interaction(
+                keys=[self.event_key(e.event_id), self.history_key(e.user_id),
+                      self.seen_key(e.user_id), self.popular_key],
+                args=[self.event_ttl_s, e.post_id, repr(e.ts), int(e.positive),
+                      int(e.kind == "hide"), self.history_size, self.seen_size],
+                client=pipe)
+        results = self._timed("write", pipe.execute)
+        return WriteResult([bool(x) for x in results[: len(posts)]],
+                           [bool(x) for x in results[len(posts):]])
+
+    def set_embeddings(self, items: Sequence[tuple[str, np.ndarray]], version: int) -> int:
+        """Replace embeddings made by older versions; returns how many changed."""
+        if not items:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for post_id, emb in items:
+            self._set_embedding(keys=[self.post_key(post_id)],
+                                args=[np.asarray(emb, np.float32).tobytes(), version],
+                                client=pipe)
+        return sum(self._timed("reembed", pipe.execute))
+
+    # reads
+    def posts(self, post_ids: Sequence[str], with_tokens: bool = False) -> list[StoredPost | None]:
+        fields = ["user", "ts", "tags", "emb", "ver"] + (["tokens"] if with_tokens else [])
+        pipe = self.r.pipeline(transaction=False)
+        for post_id in post_ids:
+            pipe.hmget(self.post_key(post_id), fields)
+        rows = self._timed("read_posts", pipe.execute)
+        out: list[StoredPost | None] = []
+        for post_id, row in zip(post_ids, rows, strict=True):
+            if row[0] is None:
+                out.append(None)
+                continue
+            emb = np.frombuffer(row[3], np.float32) if row[3] else None
+            tokens = json.loads(row[5]) if with_tokens and row[5] else []
+            out.append(StoredPost(post_id, row[0].decode(), float(row[1]),
+                                  json.loads(row[2]), tokens, emb, int(row[4] or 0)))
+        return out
+
+    def post(self, post_id: str) -> StoredPost | None:
+        return self.posts([post_id])[0]
+
+    def history(self, user_id: str, limit: int) -> list[str]:
+        ids = self._timed("history", lambda: self.r.zrevrange(self.history_key(user_id), 0,
+                                                               limit - 1))
+        return [i.decode() for i in ids]
+
+    def seen(self, user_id: str) -> set[str]:
+        ids = self._timed("seen", lambda: self.r.zrange(self.seen_key(user_id), 0, -1))
+        return {i.decode() for i in ids}
+
+    def user_tags(self, user_id: str) -> dict[str, int]:
+        raw = self._timed("user_tags", lambda: self.r.hgetall(self.user_tags_key(user_id)))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def recent_since(self, ts: float, limit: int) -> list[tuple[str, float]]:
+        """Feed candidates with ts >= ``ts``, oldest first, at most ``limit``."""
+        rows = self._timed("recent", lambda: self.r.zrangebyscore(
+            self.recent_key, ts, "+inf", start=0, num=limit, withscores=True))
+        return [(i.decode(), float(s)) for i, s in rows]
+
+    def popularity(self, post_ids: Sequence[str]) -> np.ndarray:
+        if not post_ids:
+            return np.zeros(0)
+        scores = self._timed("popularity", lambda: self.r.zmscore(self.popular_key,
+                                                                  list(post_ids)))
+        return np.asarray([s or 0.0 for s in scores])
+
+    def count_posts(self) -> int:
+        return int(self._timed("count", lambda: self.r.zcard(self.recent_key)))
+
+    def clear(self) -> int:
+        """Delete every key under the prefix (tests and resets)."""
+        removed = 0
+        for key in self.r.scan_iter(match=f"{self.p}:*", count=1000):
+            removed += self.r.delete(key)
+        return removed
