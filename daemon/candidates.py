@@ -30,26 +30,26 @@ class CandidateIndex:
         self.vectors = np.zeros((0, dim), np.float32)
         self.versions = np.zeros(0, np.int64)
         self._known: set[str] = set()
-        self._since = 0.0
+        self._cursor = "0"  # the last arrivals-stream id read
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def refresh(self) -> int:
-        """Add posts that entered ``recent`` since the last call; returns how many."""
+        """Add the posts stored since the last call (any replica's); returns how many."""
         added = 0
         while True:
-            rows = self.store.recent_since(self._since, FETCH)
-            new = [(i, ts) for i, ts in rows if i not in self._known]
+            rows = self.store.arrivals_after(self._cursor, FETCH)
+            new = [post_id for _, post_id in rows if post_id not in self._known]
             if new:
-                stored = self.store.posts([i for i, _ in new])
+                stored = self.store.posts(new)
                 keep = [s for s in stored if s is not None and s.embedding is not None
                         and len(s.embedding) == self.dim]
                 self._append(keep)
                 added += len(keep)
             if rows:
-                self._since = rows[-1][1]
-            if len(rows) < FETCH or not new:
+                self._cursor = rows[-1][0]
+            if len(rows) < FETCH:
                 return added
 
     def _append(self, posts) -> None:  # type: ignore[no-untyped-def]

@@ -3,7 +3,9 @@
 Keys (``P`` = the configured prefix; ids come last, so no id can reach another key's name):
 - ``P:post:{post_id}`` hash: ``user``, ``ts``, ``tags`` and ``tokens`` (JSON), ``emb`` (float32
   bytes), ``ver`` (the model version that made ``emb``).
-- ``P:recent`` sorted set: post id -> ts; the newest ``recent_posts`` posts (feed candidates).
+- ``P:recent`` sorted set: post id -> ts; the newest ``recent_posts`` posts (by event time).
+- ``P:arrivals`` stream: post ids in the order they were stored (capped near
+  ``recent_posts``): every replica's feed candidates follow it, late events included.
 - ``P:hist:{user}`` sorted set: post id -> ts of the user's positive interactions (deduplicated
   by post, newest first when read, capped at ``history_size``).
 - ``P:seen:{user}`` sorted set: posts the user interacted with or hid: never shown again.
@@ -32,14 +34,15 @@ from daemon.records import Interaction
 from tagspace.dataset import Post
 
 _ADD_POST = """
--- KEYS: post, recent, tags, utags; ARGV: post_id, user, ts, tags_json, tokens_json, emb, ver,
--- recent_cap, tag...
+-- KEYS: post, recent, tags, utags, arrivals; ARGV: post_id, user, ts, tags_json, tokens_json,
+-- emb, ver, recent_cap, tag...
 if redis.call('HSETNX', KEYS[1], 'user', ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'ts', ARGV[3], 'tags', ARGV[4], 'tokens', ARGV[5],
            'emb', ARGV[6], 'ver', ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[8])
 if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1) end
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[1])
 for i = 9, #ARGV do
   redis.call('HINCRBY', KEYS[3], ARGV[i], 1)
   redis.call('HINCRBY', KEYS[4], ARGV[i], 1)
@@ -125,6 +128,10 @@ class Store:
         return f"{self.p}:recent"
 
     @property
+    def arrivals_key(self) -> str:
+        return f"{self.p}:arrivals"
+
+    @property
     def tags_key(self) -> str:
         return f"{self.p}:tags"
 
@@ -158,7 +165,7 @@ class Store:
         for post, emb in posts:
             self._add_post(
                 keys=[self.post_key(post.post_id), self.recent_key, self.tags_key,
-                      self.user_tags_key(post.user_id or "")],
+                      self.user_tags_key(post.user_id or ""), self.arrivals_key],
                 args=[post.post_id, post.user_id, repr(float(post.ts or 0.0)),
                       json.dumps(list(post.tags)), json.dumps(list(post.tokens)),
                       np.asarray(emb, np.float32).tobytes(), version, self.recent_posts,
@@ -220,11 +227,13 @@ class Store:
         raw = self._timed("user_tags", lambda: self.r.hgetall(self.user_tags_key(user_id)))
         return {k.decode(): int(v) for k, v in raw.items()}
 
-    def recent_since(self, ts: float, limit: int) -> list[tuple[str, float]]:
-        """Feed candidates with ts >= ``ts``, oldest first, at most ``limit``."""
-        rows = self._timed("recent", lambda: self.r.zrangebyscore(
-            self.recent_key, ts, "+inf", start=0, num=limit, withscores=True))
-        return [(i.decode(), float(s)) for i, s in rows]
+    def arrivals_after(self, cursor: str, limit: int) -> list[tuple[str, str]]:
+        """(stream id, post id) of posts stored after ``cursor`` ("0": from the start of the
+        capped stream), in arrival order, at most ``limit``."""
+        start = "-" if cursor == "0" else f"({cursor}"
+        rows = self._timed("arrivals", lambda: self.r.xrange(self.arrivals_key, start, "+",
+                                                             count=limit))
+        return [(sid.decode(), fields[b"id"].decode()) for sid, fields in rows]
 
     def popularity(self, post_ids: Sequence[str]) -> np.ndarray:
         if not post_ids:

@@ -23,3 +23,28 @@ def hyt_paths() -> tuple[Path, Path]:
     if not (folder / "train.csv").is_file():
         pytest.skip("../shared/data/howyoutagtweets is not beside the repository")
     return folder / "train.csv", folder / "valid.csv"
+
+
+# Real servers for the daemon's integration tests (../shared/docs/INFRA.md): a Tansu broker and
+# a Redis server, each a child process on a free loopback port, one per test session.
+@pytest.fixture(scope="session")
+def broker():
+    from daemon.embedded import start_tansu
+
+    server = start_tansu()
+    yield f"127.0.0.1:{server.port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    from daemon.embedded import start_redis
+
+    server = start_redis(workdir=str(tmp_path_factory.mktemp("redis")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    return f"redis://127.0.0.1:{redis_server.port}/0"

@@ -1,0 +1,199 @@
+"""The daemon against a real Tansu broker and a real Redis: exact counts, the API, new hashtags.
+
+One daemon (in this process) ingests 5,000 real posts and 5,000 interactions with invalid and
+duplicate records mixed in; the tests below check what it stored, dead-lettered, counted and
+serves.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import httpx
+import pytest
+
+from daemon.records import POSITIVE_KINDS
+from daemon.service import Daemon
+from tests.streams import (
+    cooking_records,
+    metric,
+    read_topic,
+    send,
+    settings_for,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+BAD_POSTS = [
+    b"not json", b"", b"\xff\xfe\xfa", b"[1, 2]", b'"text"', b"null", b"{}",
+    b'{"post_id": 5, "user_id": "u", "text": "x"}',
+    b'{"post_id": "p", "user_id": "u"}',
+    b'{"post_id": "p", "text": "x"}',
+    b'{"post_id": "p", "user_id": "u", "text": 7}',
+    b'{"post_id": "p", "user_id": "u", "text": "x", "tags": "a"}',
+    b'{"post_id": "p", "user_id": "u", "text": "x", "ts": -5}',
+    b'{"post_id": "p", "user_id": "u", "text": "x", "ts": NaN}',
+    b'{"post_id": "p\\u0000", "user_id": "u", "text": "x"}',
+    b'{"post_id": "p", "user_id": "u", "text": ""}',
+    b"[" * 100_000,
+    json.dumps({"post_id": "big", "user_id": "u", "text": "word " * 200_000}).encode(),
+]
+BAD_INTERACTIONS = [
+    b"nope", b'{"user_id": "u", "post_id": "p"}',
+    b'{"user_id": "u", "post_id": "p", "kind": "love"}',
+    b'{"user_id": 1, "post_id": "p", "kind": "like"}',
+    b'{"user_id": "u", "post_id": "p", "kind": "like", "ts": "yesterday"}',
+]
+
+
+@pytest.fixture(scope="module")
+def stream(broker, redis_server, tmp_path_factory):
+    redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
+    settings = settings_for(broker, redis_url, tmp_path_factory.mktemp("model"))
+    rng = random.Random(0)
+    posts = cooking_records(5000)
+    bad_posts = [BAD_POSTS[i % len(BAD_POSTS)] for i in range(54)]
+    replays = rng.sample(posts, 100)  # the same records again: no effect
+    post_values = [*posts, *replays, *bad_posts]
+    rng.shuffle(post_values)
+    events, kinds = [], sorted(POSITIVE_KINDS) + ["view", "hide"]
+    for j in range(5000):
+        p = posts[rng.randrange(len(posts))]
+        events.append({"event_id": f"e{j}", "user_id": f"r{j % 400}", "post_id": p["post_id"],
+                       "kind": kinds[j % len(kinds)], "ts": p["ts"] + 10 + j})
+    bad_events = [BAD_INTERACTIONS[i % len(BAD_INTERACTIONS)] for i in range(40)]
+    event_values = [*events, *events[:50], *bad_events]  # 50 events delivered twice
+    rng.shuffle(event_values)
+
+    daemon = Daemon(settings)
+    daemon.start()
+    try:
+        send(broker, settings.posts_topic, post_values)
+        send(broker, settings.interactions_topic, event_values)
+        total = len(post_values) + len(event_values)
+
+        def consumed() -> float:
+            m = daemon.metrics.consumed
+            return sum(m.labels(t)._value.get() for t in (settings.posts_topic,
+                                                          settings.interactions_topic))
+        wait_until(lambda: consumed() >= total, 120, f"{total} records consumed")
+        wait_until(lambda: daemon.metrics.commits.labels("ok")._value.get() > 0, 10, "commit")
+        base = f"http://{settings.http_addr}"
+        wait_until(lambda: len(daemon.candidates) == len(posts), 20, "feed candidates")
+        yield {"daemon": daemon, "settings": settings, "posts": posts, "events": events,
+               "bad_posts": bad_posts, "bad_events": bad_events, "base": base,
+               "broker": broker, "post_values": post_values, "event_values": event_values}
+    finally:
+        daemon.shutdown()
+        daemon.store.clear()
+
+
+def test_every_valid_record_has_exactly_one_effect_and_counters_match(stream):
+    d, s = stream["daemon"], stream["settings"]
+    r, store = d.redis, d.store
+    post_keys = list(r.scan_iter(match=f"{s.redis_prefix}:post:*", count=1000))
+    assert len(post_keys) == len(stream["posts"])
+    sample = store.posts([p["post_id"] for p in stream["posts"][:200]])
+    assert all(p is not None and p.embedding is not None and len(p.embedding) == 32
+               for p in sample)
+    assert sample[0].user_id == stream["posts"][0]["user_id"]
+    assert sample[0].tags == stream["posts"][0]["tags"]
+
+    positives: dict[str, set[str]] = {}
+    for e in stream["events"]:
+        if e["kind"] in POSITIVE_KINDS:
+            positives.setdefault(e["user_id"], set()).add(e["post_id"])
+    for user, liked in positives.items():
+        assert set(store.history(user, 1000)) == liked  # one entry per (user, post)
+    hidden = {(e["user_id"], e["post_id"]) for e in stream["events"] if e["kind"] == "hide"}
+    user, post_id = next(iter(hidden))
+    assert post_id in store.seen(user)
+
+    dead = read_topic(stream["broker"], s.dead_letter_topic,
+                      len(stream["bad_posts"]) + len(stream["bad_events"]))
+    assert len(dead) == len(stream["bad_posts"]) + len(stream["bad_events"])
+    letter = json.loads(dead[0])
+    assert {"reason", "topic", "partition", "offset", "value"} <= set(letter)
+
+    text = httpx.get(stream["base"] + "/metrics").text
+    posts_t, inter_t = s.posts_topic, s.interactions_topic
+    assert metric(text, "tagspace_records_consumed_total", topic=posts_t) == \
+        len(stream["post_values"])
+    assert metric(text, "tagspace_records_consumed_total", topic=inter_t) == \
+        len(stream["event_values"])
+    assert metric(text, "tagspace_records_dead_lettered_total", topic=posts_t) == \
+        len(stream["bad_posts"])
+    assert metric(text, "tagspace_records_dead_lettered_total", topic=inter_t) == \
+        len(stream["bad_events"])
+    assert metric(text, "tagspace_records_applied_total", topic=posts_t) == len(stream["posts"])
+    assert metric(text, "tagspace_records_duplicate_total", topic=posts_t) == 100
+    assert metric(text, "tagspace_records_applied_total", topic=inter_t) == len(stream["events"])
+    assert metric(text, "tagspace_records_duplicate_total", topic=inter_t) == 50
+    assert metric(text, "tagspace_records_invalid_total", topic=posts_t,
+                  reason="invalid_json") > 0
+    assert metric(text, "tagspace_training_examples_total") > 0
+    assert metric(text, "tagspace_processing_latency_seconds_count") == len(stream["posts"])
+
+
+def test_suggest_and_its_validation(stream):
+    base = stream["base"]
+    ok = httpx.post(base + "/v1/suggest", json={"text": "fluffy pancakes batter", "k": 5})
+    assert ok.status_code == 200
+    body = ok.json()
+    assert len(body["tags"]) == 5 and isinstance(body["model_version"], int)
+    assert body["tags"][0]["score"] >= body["tags"][-1]["score"]
+    personal = httpx.post(base + "/v1/suggest",
+                          json={"text": "fluffy pancakes batter", "k": 5, "user_id": "a1"})
+    assert personal.status_code == 200
+    for bad in ({"text": "x", "k": 0}, {"text": "x", "k": 10_000}, {"k": 3},
+                {"text": "x" * 6000}, {"text": "x", "extra": 1}, {"text": 5}):
+        r = httpx.post(base + "/v1/suggest", json=bad)
+        assert r.status_code == 422 and r.json()["error"], bad
+    r = httpx.post(base + "/v1/suggest", content=b"{not json")
+    assert r.status_code == 422 and "error" in r.json()
+    r = httpx.post(base + "/v1/suggest", content=b"{" + b" " * 70_000 + b"}")
+    assert r.status_code == 413 and "error" in r.json()
+
+
+def test_feed_excludes_own_and_seen_posts_and_cold_starts(stream):
+    d, base = stream["daemon"], stream["base"]
+    user = "a7"  # authored posts and, below, gets a history
+    liked = [p["post_id"] for p in stream["posts"][10:13]]
+    send(stream["broker"], stream["settings"].interactions_topic,
+         [{"event_id": f"feed-{p}", "user_id": user, "post_id": p, "kind": "like"}
+          for p in liked])
+    wait_until(lambda: len(d.store.history(user, 10)) == 3, 20, "history")
+    r = httpx.get(f"{base}/v1/feed/{user}", params={"k": 50})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["cold_start"] is False and len(body["items"]) == 50
+    own = {p["post_id"] for p in stream["posts"] if p["user_id"] == user}
+    shown = {i["post_id"] for i in body["items"]}
+    assert not shown & own and not shown & set(liked)
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+    cold = httpx.get(f"{base}/v1/feed/nobody-{time.time()}").json()
+    assert cold["cold_start"] is True and len(cold["items"]) == 20
+    assert httpx.get(f"{base}/v1/feed/{user}", params={"k": 0}).status_code == 422
+    history = httpx.get(f"{base}/v1/users/{user}/history").json()
+    assert history["post_ids"][:3] == d.store.history(user, 3)
+
+
+def test_posts_health_openapi(stream):
+    base, post = stream["base"], stream["posts"][3]
+    r = httpx.get(f"{base}/v1/posts/{post['post_id']}")
+    assert r.status_code == 200 and r.json()["user_id"] == post["user_id"]
+    assert r.json()["tags"] == post["tags"]
+    missing = httpx.get(f"{base}/v1/posts/never-seen")
+    assert missing.status_code == 404 and "never-seen" in missing.json()["error"]
+    assert httpx.get(base + "/livez").status_code == 200
+    assert httpx.get(base + "/readyz").status_code == 200
+    spec = httpx.get(base + "/openapi.json").json()
+    assert {"/v1/suggest", "/v1/feed/{user_id}", "/v1/posts/{post_id}",
+            "/v1/users/{user_id}/history"} <= set(spec["paths"])
+    text = httpx.get(base + "/metrics").text
+    assert 'tagspace_api_request_seconds_count{route="/v1/suggest",status="422"}' in text
