@@ -10,7 +10,7 @@ import json
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from daemon.records import (
@@ -517,14 +517,18 @@ def test_dead_letter_of_a_decoded_reason_roundtrip() -> None:
 FAST = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text()
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+    scalars,
     lambda children: st.lists(children, max_size=5)
     | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=10,
 )
+# One level deep: cheaper to draw, and enough to give each field every wrong JSON type.
+shallow = scalars | st.lists(scalars, max_size=3) | st.dictionaries(st.text(max_size=4),
+                                                                      scalars, max_size=3)
 FIELDS = ["post_id", "user_id", "event_id", "text", "tags", "ts", "kind"]
-record_like = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=len(FIELDS))
+record_like = st.dictionaries(st.sampled_from(FIELDS), shallow, max_size=len(FIELDS))
 
 
 def json_bytes(value: object) -> bytes:
@@ -566,7 +570,7 @@ def test_record_like_objects_decode_or_raise_invalid_record(record: dict) -> Non
 @given(
     user_id=st.text(min_size=1, max_size=8), post_id=st.text(min_size=1, max_size=8),
     text=st.text(max_size=40), tags=st.none() | st.lists(st.text(max_size=8), max_size=8),
-    ts=st.none() | json_values,
+    ts=shallow,
 )
 def test_posts_with_valid_looking_ids_decode_or_raise_invalid_record(
         user_id: str, post_id: str, text: str, tags: list[str] | None, ts: object) -> None:
@@ -581,8 +585,9 @@ def test_posts_with_valid_looking_ids_decode_or_raise_invalid_record(
 
 
 @UNHASHABLE_KIND
-@settings(max_examples=300, deadline=None, database=None, derandomize=True)
-@given(kind=json_values, ts=st.none() | json_values)
+@settings(max_examples=300, deadline=None, database=None, derandomize=True,
+          phases=[Phase.generate])  # no shrinking: the failure is known (xfail)
+@given(kind=shallow, ts=st.none() | shallow)
 def test_interactions_with_any_kind_decode_or_raise_invalid_record(kind: object,
                                                                    ts: object) -> None:
     value = json_bytes({"user_id": "u2", "post_id": "p1", "kind": kind, "ts": ts})
