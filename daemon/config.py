@@ -8,6 +8,7 @@ or underscores). A bad value stops start-up with a message naming the setting.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import tomllib
@@ -116,8 +117,9 @@ class Settings:
             raise bad("redis_prefix", "must be non-empty without ':', braces or spaces")
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-                raise bad(f.name, f"must be > 0, got {value}")
+            if isinstance(value, int | float) and not isinstance(value, bool) and \
+                    not (math.isfinite(value) and value > 0):
+                raise bad(f.name, f"must be a finite number > 0, got {value}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise bad("log_level", f"unknown level {self.log_level!r}")
         if self.kafka_security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT",
@@ -140,7 +142,8 @@ class Settings:
 
 def _host_port(value: str, error: ConfigError) -> tuple[str, int]:
     host, sep, port = value.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) \
+            or not 0 < int(port) < 65536:
         raise error
     return host, int(port)
 
@@ -169,6 +172,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 _PARSERS = {"str": str, "int": int, "float": float}
+_FIELDS = {f.name: f for f in fields(Settings)}
 
 
 def load_settings(args: argparse.Namespace | None = None, config: Path | None = None,
@@ -181,8 +185,11 @@ def load_settings(args: argparse.Namespace | None = None, config: Path | None = 
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"config file {config}: {e}") from e
         data = data.get("daemon", data)  # a [daemon] table, or top-level keys
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {config}: 'daemon' must be a table")
         for key, value in data.items():
-            values[_field_name(key, f"config file {config}")] = value
+            name = _field_name(key, f"config file {config}")
+            values[name] = _check_type(_FIELDS[name], value)
     for f in fields(Settings):
         raw = environ.get(ENV_PREFIX + f.name.upper())
         if raw is not None:
@@ -191,9 +198,6 @@ def load_settings(args: argparse.Namespace | None = None, config: Path | None = 
         given = getattr(args, f.name, None) if args is not None else None
         if given is not None:
             values[f.name] = given
-    for f in fields(Settings):
-        if f.name in values and not isinstance(values[f.name], str):
-            values[f.name] = _check_type(f, values[f.name])
     return Settings(**values).validate()
 
 
@@ -220,7 +224,7 @@ def _convert(f: Any, raw: str, where: str) -> Any:
 
 def _check_type(f: Any, value: Any) -> Any:
     kind = str(f.type)
-    ok = {"bool": isinstance(value, bool),
+    ok = {"bool": isinstance(value, bool), "str": isinstance(value, str),
           "int": isinstance(value, int) and not isinstance(value, bool),
           "float": isinstance(value, int | float) and not isinstance(value, bool)}
     if not ok.get(kind, False):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -25,7 +26,7 @@ from daemon.config import Settings
 from daemon.metrics import Metrics, RollingRate
 from daemon.model_hub import ModelHub
 from daemon.records import Interaction, InvalidRecord, dead_letter, decode_interaction, decode_post
-from daemon.store import Store
+from daemon.store import Store, WriteResult
 from daemon.trainer import OnlineTrainer
 from tagspace.dataset import Post
 
@@ -193,7 +194,8 @@ class Ingestor:
             self.metrics.online_r10.set(self.r10.rate())
         return online.tagger.embed_all([p.tokens for p in posts])
 
-    def _write_with_retry(self, posts, version, interactions, stop):  # type: ignore[no-untyped-def]
+    def _write_with_retry(self, posts, version, interactions, stop,  # type: ignore[no-untyped-def]
+                          split: bool = True):
         attempt = 0
         while True:
             try:
@@ -202,12 +204,39 @@ class Ingestor:
                     log.info("Redis is back after %d failed attempts", attempt)
                 self.on_redis_state(True)
                 return result
-            except Exception as e:  # redis.RedisError, connection errors
+            except (redis.RedisError, OSError) as e:  # Redis down or slow: wait, retry
                 attempt += 1
                 self.on_redis_state(False)
                 log.warning("Redis write failed (attempt %d), not committing: %s", attempt, e)
                 if stop.wait(_backoff(attempt)):
                     return None
+            except Exception:  # not Redis: a record it cannot take; find it, never loop on it
+                if not split:
+                    raise
+                log.exception("a batch could not be stored: writing its records one by one")
+                return self._write_each(posts, version, interactions, stop)
+
+    def _write_each(self, posts, version, interactions, stop):  # type: ignore[no-untyped-def]
+        post_new, event_new = [], []
+        for item in posts:
+            result = self._write_one([item], [], version, stop)
+            post_new.append(bool(result and result.post_is_new[0]))
+        for event in interactions:
+            result = self._write_one([], [event], version, stop)
+            event_new.append(bool(result and result.interaction_is_new[0]))
+        return WriteResult(post_new, event_new)
+
+    def _write_one(self, posts, interactions, version, stop):  # type: ignore[no-untyped-def]
+        try:
+            result = self._write_with_retry(posts, version, interactions, stop, split=False)
+        except Exception as e:  # this record is the culprit: counted and logged, not retried
+            topic = self.s.posts_topic if posts else self.s.interactions_topic
+            self.metrics.invalid.labels(topic, "store_error").inc()
+            log.error("record not storable, skipped: %r (%s)", (posts or interactions)[0], e)
+            return None
+        if result is None:  # stopping while Redis is down: the batch is not committed
+            raise InterruptedError("stopping mid-batch")
+        return result
 
     def _learn(self, posts: list[Post]) -> None:
         assert self.trainer is not None

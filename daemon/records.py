@@ -48,6 +48,11 @@ def _load(value: bytes | None, max_bytes: int) -> dict:
         raise InvalidRecord("invalid_json") from None
     if not isinstance(record, dict):
         raise InvalidRecord("not_an_object")
+    if "\\u" in text:  # an escape may be a lone surrogate: valid JSON, not text (nor storable)
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRecord("invalid_unicode") from None
     return record
 
 
@@ -88,7 +93,7 @@ def decode_interaction(value: bytes | None, arrival_ts: float, max_bytes: int) -
         _check_id(record, key)
     _check_id(record, "event_id", required=False)
     kind = record.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise InvalidRecord("invalid_kind")
     ts = parse_ts(record.get("ts"), arrival_ts, InvalidRecord)
     assert ts is not None

@@ -134,9 +134,9 @@ class _BadRecord(ValueError):
     """A line that is not a valid record; the message is the counted reason."""
 
 
-def _clean_tags(tags: list[str]) -> tuple[str, ...]:
+def _clean_tags(tags: list[str], error: type[ValueError] = _BadRecord) -> tuple[str, ...]:
     if len(tags) > MAX_TAGS:
-        raise _BadRecord("too_many_tags")
+        raise error("too_many_tags")
     seen: dict[str, None] = {}
     for tag in tags:
         normal = normalize_tag(tag)
@@ -185,7 +185,7 @@ def post_from_record(record: object, default_ts: float | None, error: type[Value
     if tags is None:
         labels = extract_hashtags(text)
     elif isinstance(tags, list) and all(isinstance(t, str) for t in tags):
-        labels = _clean_tags(tags)
+        labels = _clean_tags(tags, error)
     else:
         raise error("invalid_tags")
     return Post(
