@@ -197,3 +197,16 @@ def test_posts_health_openapi(stream):
             "/v1/users/{user_id}/history"} <= set(spec["paths"])
     text = httpx.get(base + "/metrics").text
     assert 'tagspace_api_request_seconds_count{route="/v1/suggest",status="422"}' in text
+
+
+def test_a_new_version_re_embeds_recent_posts_at_a_bounded_rate(stream):
+    d, s = stream["daemon"], stream["settings"]
+    assert d.checkpoint()  # a new version: every stored embedding is now stale
+    version = d.hub.version
+    before = d.metrics.reembedded._value.get()
+    time.sleep(2.0)
+    done = d.metrics.reembedded._value.get() - before
+    assert 0 < done <= s.reembed_rate * 2.0 * 1.5  # at most reembed_rate per second
+    newest = [p["post_id"] for p in stream["posts"][-3000:]]
+    refreshed = [p for p in d.store.posts(newest) if p is not None and p.version >= version]
+    assert len(refreshed) >= min(done, 100)
