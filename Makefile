@@ -4,8 +4,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
-DEMO_DIM ?= 64
-DEMO_EPOCHS ?= 5
 
 .PHONY: venv demo test lint bench clean
 
@@ -20,16 +18,8 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: venv
-	$(BIN)/tagspace train --data data/cooking/cooking.train --valid data/cooking/cooking.valid \
-	  --model tagspace --dim $(DEMO_DIM) --epochs $(DEMO_EPOCHS) --init-epochs $(DEMO_EPOCHS) \
-	  --out $(DEMO_DIR)
-	$(BIN)/tagspace evaluate --model $(DEMO_DIR) --data data/cooking/cooking.valid \
-	  --json $(DEMO_DIR)/valid-metrics.json
-	@for text in "How long should I rest a steak after grilling?" \
-	  "Can I freeze bread dough overnight?" "Substitute for buttermilk in pancakes"; do \
-	  echo; echo "tagspace suggest --model $(DEMO_DIR) --k 5 \"$$text\""; \
-	  $(BIN)/tagspace suggest --model $(DEMO_DIR) --k 5 --quiet "$$text"; done
-	@echo; echo "model in $(DEMO_DIR)/; try: $(BIN)/tagspace suggest --model $(DEMO_DIR) \"your text\""
+	@command -v curl > /dev/null || { apt-get update -q && apt-get install -y -q curl; }
+	DEMO_DIR=$(DEMO_DIR) BIN=$(BIN) bash scripts/demo.sh
 
 test: venv
 	$(BIN)/python -m pytest -q

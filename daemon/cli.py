@@ -42,7 +42,6 @@ def cmd_daemon(args: Any) -> int:
         print(f"tagspace daemon: bad configuration: {e}", file=sys.stderr)
         return 2
     logging.getLogger().setLevel(settings.log_level.upper())
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is per-connection chatter
     stack = None
     if settings.embedded:
         settings, stack = _start_embedded(settings)
@@ -132,6 +131,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     from tagspace.cli import main as library_main
 
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is per-connection chatter
     return library_main(argv, extra=COMMANDS)
 
 

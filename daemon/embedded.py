@@ -96,11 +96,12 @@ def start_tansu(port: int | None = None, log_path: Path | None = None) -> Server
 def start_redis(port: int | None = None, workdir: str | None = None,
                 appendonly: bool = True) -> Server:
     port = port or free_port()
-    workdir = workdir or tempfile.mkdtemp(prefix="tagspace-redis-")
+    workdir = str(Path(workdir or tempfile.mkdtemp(prefix="tagspace-redis-")).resolve())
     argv = [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", workdir,
             "--save", "", "--appendonly", "yes" if appendonly else "no",
             "--appendfsync", "everysec", "--daemonize", "no", "--protected-mode", "no"]
-    return Server("redis", argv, port, workdir=workdir)
+    return Server("redis", argv, port, workdir=workdir,
+                  log_path=Path(workdir) / "redis.log")
 
 
 def create_topics(bootstrap: str, topics: list[str], partitions: int,
