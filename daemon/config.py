@@ -232,6 +232,19 @@ def _check_type(f: Any, value: Any) -> Any:
     return float(value) if kind == "float" else value
 
 
+def settings_argv(settings: Settings) -> list[str]:
+    """The flags that reproduce ``settings`` (to start another daemon process with them)."""
+    argv = []
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def settings_table() -> str:
     """Markdown: every setting with its flag, environment variable and default (for docs)."""
     rows = ["| setting (file key) | flag | environment | default | meaning |",

@@ -97,6 +97,7 @@ def start_redis(port: int | None = None, workdir: str | None = None,
                 appendonly: bool = True) -> Server:
     port = port or free_port()
     workdir = str(Path(workdir or tempfile.mkdtemp(prefix="tagspace-redis-")).resolve())
+    Path(workdir).mkdir(parents=True, exist_ok=True)
     argv = [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", workdir,
             "--save", "", "--appendonly", "yes" if appendonly else "no",
             "--appendfsync", "everysec", "--daemonize", "no", "--protected-mode", "no"]

@@ -13,14 +13,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import fields
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from daemon.config import Settings
+from daemon.config import Settings, settings_argv
 from daemon.records import POSITIVE_KINDS
 from tests.streams import cooking_records, producer, settings_for, wait_until
 
@@ -29,15 +28,7 @@ TAGSPACE = Path(sys.executable).parent / "tagspace"
 
 
 def daemon_argv(settings: Settings) -> list[str]:
-    argv = [str(TAGSPACE), "daemon", "--quiet"]
-    for f in fields(Settings):
-        value = getattr(settings, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
-        else:
-            argv += [flag, str(value)]
-    return argv
+    return [str(TAGSPACE), "daemon", "--quiet", *settings_argv(settings)]
 
 
 def start(settings: Settings, log: Path) -> subprocess.Popen:
