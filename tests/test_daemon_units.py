@@ -93,3 +93,10 @@ def test_daemon_refuses_a_bad_setting_by_name(tmp_path: Path):
     run = subprocess.run([str(tagspace), "daemon"], capture_output=True, text=True, timeout=60,
                          env={"TAGSPACE_POSTS_TOPIC": "bad topic", "PATH": "/usr/bin:/bin"})
     assert run.returncode == 2 and "posts_topic" in run.stderr
+
+
+def test_the_settings_documentation_lists_every_setting():
+    from daemon.config import settings_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "DAEMON.md").read_text()
+    assert settings_table() in doc  # regenerate with: python -c "...settings_table()"
