@@ -31,6 +31,7 @@ from tagspace.recommend import (
     max_cosine_matrix,
     metrics_from_scores,
     unit_rows,
+    zscore_rows,
 )
 from tagspace.vocab import Vocabulary
 
@@ -89,10 +90,17 @@ def main() -> None:
         rows.append({"method": name, **metrics_from_scores(scores[id(test)]).to_dict(),
                      "seconds": round(time.perf_counter() - t0, 1)})
         print(rows[-1], flush=True)
-        if kind == "model":
-            w = best_mix_weight(scores[id(tune)], bow[id(tune)], WEIGHTS)
-            mixed = metrics_from_scores(scores[id(test)] + w * bow[id(test)])
-            rows.append({"method": f"{name} + BoW (w={w})", **mixed.to_dict()})
+        if kind == "model":  # raw cosines summed, or per-user z-scores: chosen on tuning
+            best = None
+            for label, norm in (("", lambda x: x), ("z-scores, ", zscore_rows)):
+                w = best_mix_weight(norm(scores[id(tune)]), norm(bow[id(tune)]), WEIGHTS)
+                tuned = metrics_from_scores(norm(scores[id(tune)]) + w * norm(bow[id(tune)]))
+                quality = tuned.p_at_1 + tuned.r_at_10 + tuned.r_at_50
+                if best is None or quality > best[0]:
+                    best = (quality, label, norm, w)
+            _, label, norm, w = best
+            mixed = metrics_from_scores(norm(scores[id(test)]) + w * norm(bow[id(test)]))
+            rows.append({"method": f"{name} + BoW ({label}w={w})", **mixed.to_dict()})
             print(rows[-1], flush=True)
     seconds = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)

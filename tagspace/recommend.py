@@ -79,17 +79,17 @@ def build_task(
     if not users:
         raise ValueError("no user has both a history and a target post")
     rng = np.random.default_rng(seed)
-    owner = np.array([p.user_id or "" for p in pool], dtype=object)
+    user_index = {u: i for i, u in enumerate(by_user)}
+    owner = np.array([user_index.get(p.user_id, -1)
+                      for p in pool], np.int64)  # integer owners: fast comparisons
     if negatives > len(pool) - max(len(v) for v in by_user.values()):
         raise ValueError(f"not enough posts from other users for {negatives} negatives")
-    drawn = np.empty((len(users), negatives), np.int64)
-    for row, user in enumerate(users):
-        picks = rng.integers(len(pool), size=negatives)
-        own = owner[picks] == user
-        while own.any():  # redraw the user's own posts: they are never candidates
-            picks[own] = rng.integers(len(pool), size=int(own.sum()))
-            own = owner[picks] == user
-        drawn[row] = picks
+    drawn = rng.integers(len(pool), size=(len(users), negatives))
+    mine = np.array([user_index[u] for u in users], np.int64)[:, None]
+    own = owner[drawn] == mine
+    while own.any():  # redraw the users' own posts: they are never candidates
+        drawn[own] = rng.integers(len(pool), size=int(own.sum()))
+        own = owner[drawn] == mine
     return RecommendTask(pool, users, histories, np.asarray(targets, np.int64), drawn, skipped)
 
 
@@ -132,6 +132,13 @@ def metrics_from_scores(scores: np.ndarray) -> RecommendMetrics:
     ranks = 1 + np.count_nonzero(scores[:, 1:] > scores[:, :1], axis=1)
     return RecommendMetrics(float(np.mean(ranks == 1)), float(np.mean(ranks <= 10)),
                             float(np.mean(ranks <= 50)), len(ranks))
+
+
+def zscore_rows(scores: np.ndarray) -> np.ndarray:
+    """Each user's candidate scores standardised: model cosines (all high) and BoW cosines
+    (mostly 0) then add on a common scale."""
+    std = scores.std(axis=1, keepdims=True)
+    return (scores - scores.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
 
 
 def best_mix_weight(model: np.ndarray, bow: np.ndarray, weights: Sequence[float]) -> float:
