@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import redis
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -87,6 +88,14 @@ def create_app(daemon: Daemon) -> FastAPI:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > s.max_body_bytes):
             return _error(413, f"request body over {s.max_body_bytes} bytes")
+        if length is None and request.method == "POST":  # chunked: count what arrives
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > s.max_body_bytes:
+                    return _error(413, f"request body over {s.max_body_bytes} bytes")
+                chunks.append(chunk)
+            request._body = b"".join(chunks)  # Starlette hands the read body on to the route
         if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
             # `curl -d '{...}'` says form-urlencoded: the body is read as JSON all the same
             headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
@@ -106,6 +115,10 @@ def create_app(daemon: Daemon) -> FastAPI:
             where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
             parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
         return _error(422, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+        return _error(503, "state store unavailable, retry later")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

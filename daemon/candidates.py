@@ -85,6 +85,16 @@ class CandidateIndex:
                     self.vectors[i] = emb / max(float(np.linalg.norm(emb)), 1e-8)
                     self.versions[i] = version
 
+    def remove(self, post_ids: list[str]) -> None:
+        with self._lock:
+            drop = set(post_ids)
+            keep = np.array([i not in drop for i in self.ids], bool)
+            self.ids = [i for i, k in zip(self.ids, keep, strict=True) if k]
+            self.authors = [a for a, k in zip(self.authors, keep, strict=True) if k]
+            self.ts, self.vectors = self.ts[keep], self.vectors[keep]
+            self.versions = self.versions[keep]
+            self._known -= drop
+
     def snapshot(self) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
         with self._lock:
             return self.ids, self.authors, self.ts, self.vectors

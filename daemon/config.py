@@ -120,6 +120,9 @@ class Settings:
             if isinstance(value, int | float) and not isinstance(value, bool) and \
                     not (math.isfinite(value) and value > 0):
                 raise bad(f.name, f"must be a finite number > 0, got {value}")
+        if self.train_queue < self.max_poll_records:
+            raise bad("train_queue", f"must be >= max_poll_records ({self.max_poll_records}): "
+                      "a smaller queue could never take a whole batch")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise bad("log_level", f"unknown level {self.log_level!r}")
         if self.kafka_security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT",

@@ -13,6 +13,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,6 +55,8 @@ class Ingestor:
         self.consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._last_lag = 0.0
+        self._write_id = ""
+        self.failed = False  # set when the loop died of an unexpected error
 
     # clients
     def _make_consumer(self) -> KafkaConsumer:
@@ -75,7 +78,16 @@ class Ingestor:
 
     # the loop
     def run(self, stop: threading.Event) -> None:
-        self.consumer = self._make_consumer()
+        attempt = 0
+        while self.consumer is None:
+            try:
+                self.consumer = self._make_consumer()
+            except KafkaError as e:  # the broker is not there yet: keep trying until stopped
+                attempt += 1
+                log.warning("cannot reach Kafka at %s (attempt %d): %s",
+                            self.s.kafka_bootstrap, attempt, e)
+                if stop.wait(_backoff(attempt)):
+                    return
         self.kafka_ok = True
         try:
             while not stop.is_set():
@@ -121,8 +133,9 @@ class Ingestor:
         if decoded.dead:
             self._send_dead_letters(decoded.dead, stop)
         posts = [p for p, _ in decoded.posts]
+        version = self.hub.version  # before embedding: a label never newer than the model
         embeddings = self._embed(posts)
-        version = self.hub.version
+        self._write_id = uuid.uuid4().hex  # one per batch, kept across its retries
         result = self._write_with_retry(
             list(zip(posts, embeddings, strict=True)), version, decoded.interactions, stop)
         if result is None:  # stopping while Redis is down: commit nothing, replay later
@@ -138,7 +151,10 @@ class Ingestor:
             (self.metrics.applied if new else self.metrics.duplicates).labels(topic).inc()
         if self.trainer is not None:
             fresh = [p for p, new in zip(posts, result.post_is_new, strict=True) if new]
-            self._learn(fresh)
+            try:
+                self._learn(fresh)
+            except Exception:  # training is best effort; the stored effect is what counts
+                log.exception("vocabulary update failed for a batch")
         self._commit(batch)
 
     def _decode(self, topic: str, record, out: Decoded) -> None:  # type: ignore[no-untyped-def]
@@ -153,8 +169,11 @@ class Ingestor:
             else:
                 out.interactions.append(
                     decode_interaction(record.value, kafka_ts, self.s.max_record_bytes))
-        except InvalidRecord as e:
-            reason = str(e)
+        except Exception as e:  # InvalidRecord, or a decoder bug: never stop the stream on it
+            reason = str(e) if isinstance(e, InvalidRecord) else "decode_error"
+            if reason == "decode_error":
+                log.exception("decoding %s[%d]@%d failed", topic, record.partition,
+                              record.offset)
             self.metrics.invalid.labels(topic, reason).inc()
             out.dead.append((topic, dead_letter(record.value, reason, topic, record.partition,
                                                 record.offset, self.s.max_record_bytes)))
@@ -172,6 +191,11 @@ class Ingestor:
             except KafkaError as e:
                 attempt += 1
                 log.warning("dead-letter send failed (attempt %d): %s", attempt, e)
+                if not e.retriable and attempt >= 3:  # refused for good: never block on it
+                    log.error("dead letters refused by Kafka, skipped: %d records", len(dead))
+                    self.metrics.invalid.labels(self.s.dead_letter_topic,
+                                                "dead_letter_refused").inc(len(dead))
+                    return
                 if self._producer is not None:  # a fresh producer after broker trouble
                     self._producer.close(timeout=1)
                     self._producer = None
@@ -199,11 +223,16 @@ class Ingestor:
         attempt = 0
         while True:
             try:
-                result = self.store.write(posts, version, interactions)
+                result = self.store.write(posts, version, interactions, self._write_id)
                 if attempt:
                     log.info("Redis is back after %d failed attempts", attempt)
                 self.on_redis_state(True)
                 return result
+            except (redis.ResponseError, redis.DataError):  # Redis refused a record's script
+                if not split:
+                    raise
+                log.exception("Redis refused a batch: writing its records one by one")
+                return self._write_each(posts, version, interactions, stop)
             except (redis.RedisError, OSError) as e:  # Redis down or slow: wait, retry
                 attempt += 1
                 self.on_redis_state(False)

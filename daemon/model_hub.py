@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class ModelHub:
         self.keep = keep
         self.source, self.online, self.version = self._load(capacity, train, fresh)
         self.version_time = time.time()
+        self._lock = threading.Lock()
 
     @property
     def checkpoints(self) -> Path:
@@ -52,6 +54,10 @@ class ModelHub:
 
     def checkpoint(self) -> Path:
         """Write the next version; the previous checkpoints stay until it is complete."""
+        with self._lock:  # the periodic and the final checkpoint never interleave
+            return self._checkpoint()
+
+    def _checkpoint(self) -> Path:
         version = self.version + 1
         name = f"v{version:08d}"
         path = save_checkpoint(self.checkpoints / name,

@@ -14,6 +14,8 @@ from tagspace.dataset import Post, parse_ts, post_from_record
 POSITIVE_KINDS = frozenset({"like", "click", "share", "comment"})
 KINDS = POSITIVE_KINDS | {"view", "hide"}
 MAX_ID_CHARS = 256
+MAX_CLOCK_SKEW_S = 24 * 3600.0  # event times may lead arrival by this much (clock skew)
+MAX_DEAD_LETTER_BYTES = 512 * 1024  # well under Kafka's default 1 MB message limit
 
 
 class InvalidRecord(ValueError):
@@ -84,6 +86,7 @@ def decode_post(value: bytes | None, arrival_ts: float, max_bytes: int,
     post = post_from_record(record, arrival_ts, InvalidRecord)
     if not post.tokens and not post.tags:
         raise InvalidRecord("empty_text")
+    _not_future(post.ts, arrival_ts)
     return post
 
 
@@ -97,9 +100,16 @@ def decode_interaction(value: bytes | None, arrival_ts: float, max_bytes: int) -
         raise InvalidRecord("invalid_kind")
     ts = parse_ts(record.get("ts"), arrival_ts, InvalidRecord)
     assert ts is not None
+    _not_future(ts, arrival_ts)
     event_id = record.get("event_id") or _derived_id(record["user_id"], record["post_id"],
                                                      kind, float(ts))
     return Interaction(event_id, record["user_id"], record["post_id"], kind, float(ts))
+
+
+def _not_future(ts: float | None, arrival_ts: float) -> None:
+    # An event time far past its arrival would pin the post as "newest" (feeds, LRU) forever.
+    if ts is not None and ts > arrival_ts + MAX_CLOCK_SKEW_S:
+        raise InvalidRecord("future_ts")
 
 
 def _derived_id(user_id: str, post_id: str, kind: str, ts: float) -> str:
@@ -120,7 +130,10 @@ def dead_letter(value: bytes | None, reason: str, topic: str, partition: int,
         original, encoding = raw.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:  # invalid, or a cut through a multi-byte character
         original, encoding = raw.hex(), "hex"
-    return json.dumps({"reason": reason, "topic": topic, "partition": partition,
-                       "offset": offset, "value": original, "value_encoding": encoding,
-                       "value_truncated": truncated},
-                      ensure_ascii=False).encode()
+    letter = {"reason": reason, "topic": topic, "partition": partition, "offset": offset,
+              "value": original, "value_encoding": encoding, "value_truncated": truncated}
+    out = json.dumps(letter, ensure_ascii=False).encode()
+    if len(out) > MAX_DEAD_LETTER_BYTES:  # hex or escaped control characters grow it up to 6x
+        letter |= {"value": original[: MAX_DEAD_LETTER_BYTES // 8], "value_truncated": True}
+        out = json.dumps(letter, ensure_ascii=False).encode()
+    return out

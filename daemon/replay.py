@@ -56,6 +56,7 @@ class InterestModel:
         self.rng = random.Random(seed)
         self.fans: dict[str, list[str]] = defaultdict(list)
         self.n = 0
+        self.run = f"{int(time.time() * 1000):x}"  # a second replay makes new events, not dups
 
     def events(self, record: dict) -> list[dict]:
         tags = record.get("tags") if isinstance(record.get("tags"), list) else []
@@ -69,7 +70,7 @@ class InterestModel:
             self.n += 1
             kind = self.rng.choices(["like", "click", "share", "view", "hide"],
                                     [5, 3, 1, 2, 1])[0]
-            out.append({"event_id": f"syn-{self.n}", "user_id": user, "post_id": post_id,
+            out.append({"event_id": f"syn-{self.run}-{self.n}", "user_id": user, "post_id": post_id,
                         "kind": kind, "ts": time.time()})
         for t in tags:
             if isinstance(t, str) and isinstance(author, str):

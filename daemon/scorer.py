@@ -10,6 +10,7 @@ popular posts (``cold_start``).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from tagspace.text import parse_post_text
 
 DEFAULT_WEIGHTS = PersonalizeWeights(count=4.0)  # the middle of the tuning grid's best region
 FRESH_HALF_LIFE_S = 6 * 3600.0  # cold start: popularity discounted by age
+COLD_START_POOL = 5000  # the most liked posts considered for a cold-start feed
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,16 @@ class Scorer:
         scores = online.tagger.scores([Post("", user_id, None, tokens, ())])
         if user_id:
             counts = self.store.user_tags(user_id)
-            if counts:
+            if counts:  # personalize over the tags in use only (free rows are not tags)
+                active = np.flatnonzero(np.isfinite(scores[0]))
                 history = AuthorHistory(counts=Counter(counts))
                 features = history_features(online.tags, [history])
-                active = np.isfinite(scores)
-                content = np.where(active, scores, 0.0)
-                popularity = np.zeros(scores.shape[1], np.float32)
-                scores = np.where(active, combine(content, features, self.weights, popularity),
-                                  -np.inf)
+                features = type(features)(*(m[:, active] for m in (
+                    features.count, features.similarity, features.lexical)))
+                popularity = np.zeros(len(active), np.float32)
+                mixed = combine(scores[:, active], features, self.weights, popularity)
+                scores = np.full_like(scores, -np.inf)
+                scores[:, active] = mixed
         return [(s.tag, s.score) for s in top_k(scores[0], online.tags, k)]
 
     def feed(self, user_id: str, k: int) -> tuple[list[FeedItem], bool]:
@@ -66,8 +70,9 @@ class Scorer:
                                for i, a in zip(ids, authors, strict=True)), bool, len(ids))
         history = self._history_vectors(user_id)
         if history is None:
-            popularity = self.store.popularity(ids)
-            age = ts.max() - ts
+            liked = self.store.most_popular(COLD_START_POOL)
+            popularity = np.fromiter((liked.get(i, 0.0) for i in ids), np.float64, len(ids))
+            age = np.clip(time.time() - ts, 0.0, None)
             scores = np.log1p(popularity) + 0.5 ** (age / FRESH_HALF_LIFE_S)
             cold = True
         else:

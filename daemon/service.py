@@ -98,6 +98,7 @@ class Daemon:
             self.ingestor.run(self.stop_event)
         except Exception:
             log.exception("the ingestion loop failed: stopping")
+            self.ingestor.failed = True  # the process exits non-zero: its supervisor restarts it
             self.stop_event.set()
 
     def _maintain(self) -> None:
@@ -111,6 +112,8 @@ class Daemon:
             except redis.RedisError as e:
                 self.redis_ok = False
                 log.warning("maintenance: Redis unavailable: %s", e)
+            except Exception:  # keep checkpointing and refreshing whatever one step did
+                log.exception("maintenance step failed")
             if self.trainer is not None and \
                     time.monotonic() - last_checkpoint >= s.checkpoint_interval_s:
                 self.checkpoint()
@@ -124,7 +127,11 @@ class Daemon:
         stale = stale[: min(budget, REEMBED_BATCH)]  # newest first
         if not stale:
             return
-        stored = [p for p in self.store.posts(stale, with_tokens=True) if p is not None]
+        found = self.store.posts(stale, with_tokens=True)
+        gone = [i for i, p in zip(stale, found, strict=True) if p is None]
+        if gone:  # evicted or lost in Redis: no longer candidates
+            self.candidates.remove(gone)
+        stored = [p for p in found if p is not None]
         if not stored:
             return
         embs = self.hub.online.tagger.embed_all([p.tokens for p in stored])
@@ -143,18 +150,19 @@ class Daemon:
         log.info("checkpoint %s (model version %d)", path, self.hub.version)
         return True
 
-    def shutdown(self) -> None:
+    def shutdown(self, budget_s: float = 8.0) -> None:
+        """Within ``budget_s``: the batch in hand committed, a final checkpoint, all closed."""
+        deadline = time.monotonic() + budget_s
         self.stop_event.set()
-        ingest = self._threads[0] if self._threads else None
-        if ingest is not None:
-            ingest.join(6.0)  # the batch in hand is finished and committed
-        if self.trainer is not None:
-            self.trainer.stop(1.0)
-            self.checkpoint()
         if self._http is not None:
             self._http.should_exit = True
-        for thread in self._threads[1:]:
-            thread.join(3.0)
+        for thread in self._threads[:2]:  # ingest (finishes and commits), maintenance
+            thread.join(max(0.1, deadline - time.monotonic() - 2.0))
+        if self.trainer is not None:
+            self.trainer.stop(max(0.1, min(1.0, deadline - time.monotonic() - 1.5)))
+            self.checkpoint()
+        for thread in self._threads[2:]:
+            thread.join(max(0.1, deadline - time.monotonic()))
         self.redis.close()
 
     def run_until_signalled(self) -> int:
@@ -172,7 +180,7 @@ class Daemon:
             pass
         self.shutdown()
         log.info("stopped")
-        return 0
+        return 1 if self.ingestor.failed else 0
 
     # health and gauges
     def kafka_connected(self) -> bool:

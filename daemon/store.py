@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,15 +36,19 @@ from tagspace.dataset import Post
 
 _ADD_POST = """
 -- KEYS: post, recent, tags, utags, arrivals; ARGV: post_id, user, ts, tags_json, tokens_json,
--- emb, ver, recent_cap, tag...
-if redis.call('HSETNX', KEYS[1], 'user', ARGV[2]) == 0 then return 0 end
+-- emb, ver, recent_cap, write_id, tag...
+if redis.call('HSETNX', KEYS[1], 'user', ARGV[2]) == 0 then
+  -- 1 when this very write was applied before (a client retry of the same pipeline)
+  if redis.call('HGET', KEYS[1], 'wid') == ARGV[9] then return 1 end
+  return 0
+end
 redis.call('HSET', KEYS[1], 'ts', ARGV[3], 'tags', ARGV[4], 'tokens', ARGV[5],
-           'emb', ARGV[6], 'ver', ARGV[7])
+           'emb', ARGV[6], 'ver', ARGV[7], 'wid', ARGV[9])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[8])
 if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1) end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[1])
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   redis.call('HINCRBY', KEYS[3], ARGV[i], 1)
   redis.call('HINCRBY', KEYS[4], ARGV[i], 1)
 end
@@ -51,8 +56,12 @@ return 1
 """
 
 _ADD_INTERACTION = """
--- KEYS: event, hist, seen, pop; ARGV: ttl, post_id, ts, positive, hide, hist_cap, seen_cap
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+-- KEYS: event, hist, seen, pop; ARGV: ttl, post_id, ts, positive, hide, hist_cap, seen_cap,
+-- write_id
+if not redis.call('SET', KEYS[1], ARGV[8], 'NX', 'EX', ARGV[1]) then
+  if redis.call('GET', KEYS[1]) == ARGV[8] then return 1 end  -- a retry of this very write
+  return 0
+end
 if ARGV[4] == '1' then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[6]) - 1)
@@ -157,30 +166,42 @@ class Store:
 
     # writes
     def write(self, posts: Sequence[tuple[Post, np.ndarray]], version: int,
-              interactions: Sequence[Interaction]) -> WriteResult:
-        """One pipeline: each post with its embedding, each interaction; idempotent."""
+              interactions: Sequence[Interaction], write_id: str = "") -> WriteResult:
+        """One pipeline: each post with its embedding, each interaction; idempotent.
+
+        ``write_id`` names this batch: when a retry finds a record already applied by the same
+        write (the connection dropped after Redis ran it), the record still counts as new."""
         if not posts and not interactions:
             return WriteResult([], [])
+        write_id = write_id or uuid.uuid4().hex
+        # The same id twice in one batch: the later ones are duplicates, never sent (the
+        # write-id check would otherwise take them for a retry of the first).
+        first_posts = _first_occurrences([post.post_id for post, _ in posts])
+        first_events = _first_occurrences([e.event_id for e in interactions])
         pipe = self.r.pipeline(transaction=False)
-        for post, emb in posts:
+        for (post, emb), first in zip(posts, first_posts, strict=True):
+            if not first:
+                continue
             self._add_post(
                 keys=[self.post_key(post.post_id), self.recent_key, self.tags_key,
                       self.user_tags_key(post.user_id or ""), self.arrivals_key],
                 args=[post.post_id, post.user_id, repr(float(post.ts or 0.0)),
                       json.dumps(list(post.tags)), json.dumps(list(post.tokens)),
                       np.asarray(emb, np.float32).tobytes(), version, self.recent_posts,
-                      *post.tags],
+                      write_id, *post.tags],
                 client=pipe)
-        for e in interactions:
+        for e, first in zip(interactions, first_events, strict=True):
+            if not first:
+                continue
             self._add_interaction(
                 keys=[self.event_key(e.event_id), self.history_key(e.user_id),
                       self.seen_key(e.user_id), self.popular_key],
                 args=[self.event_ttl_s, e.post_id, repr(e.ts), int(e.positive),
-                      int(e.kind == "hide"), self.history_size, self.seen_size],
+                      int(e.kind == "hide"), self.history_size, self.seen_size, write_id],
                 client=pipe)
-        results = self._timed("write", pipe.execute)
-        return WriteResult([bool(x) for x in results[: len(posts)]],
-                           [bool(x) for x in results[len(posts):]])
+        results = iter(self._timed("write", pipe.execute))
+        return WriteResult([first and bool(next(results)) for first in first_posts],
+                           [first and bool(next(results)) for first in first_events])
 
     def set_embeddings(self, items: Sequence[tuple[str, np.ndarray]], version: int) -> int:
         """Replace embeddings made by older versions; returns how many changed."""
@@ -235,12 +256,15 @@ class Store:
                                                              count=limit))
         return [(sid.decode(), fields[b"id"].decode()) for sid, fields in rows]
 
-    def popularity(self, post_ids: Sequence[str]) -> np.ndarray:
-        if not post_ids:
-            return np.zeros(0)
-        scores = self._timed("popularity", lambda: self.r.zmscore(self.popular_key,
-                                                                  list(post_ids)))
-        return np.asarray([s or 0.0 for s in scores])
+    def most_popular(self, limit: int) -> dict[str, float]:
+        """The ``limit`` posts with the most positive interactions -> their count."""
+        rows = self._timed("popularity", lambda: self.r.zrevrange(self.popular_key, 0,
+                                                                  limit - 1, withscores=True))
+        return {i.decode(): float(s) for i, s in rows}
+
+    def popularity_of(self, post_id: str) -> float:
+        return float(self._timed("popularity", lambda: self.r.zscore(self.popular_key,
+                                                                     post_id)) or 0.0)
 
     def count_posts(self) -> int:
         return int(self._timed("count", lambda: self.r.zcard(self.recent_key)))
@@ -251,3 +275,12 @@ class Store:
         for key in self.r.scan_iter(match=f"{self.p}:*", count=1000):
             removed += self.r.delete(key)
         return removed
+
+
+def _first_occurrences(ids: Sequence[str]) -> list[bool]:
+    seen: set[str] = set()
+    out = []
+    for i in ids:
+        out.append(i not in seen)
+        seen.add(i)
+    return out

@@ -247,7 +247,7 @@ def bench_serving(stack: Stack, work: Path, n_tags: int, n_candidates: int, rps:
                  for j in range(i, min(i + 5000, n_candidates))]
         store.write(batch, 1, [])
     likes = [Interaction(f"l{u}-{k}", f"user{u}", f"c{int(rng.integers(n_candidates))}",
-                         "like", 1.8e9 + k) for u in range(200) for k in range(50)]
+                         "like", 1.7e9 + k) for u in range(200) for k in range(50)]
     store.write([], 1, likes)
     proc = start_daemon(s, work / f"{name}.log")
     base = f"http://{s.http_addr}"

@@ -101,12 +101,17 @@ def candidate_matrix(task: RecommendTask) -> np.ndarray:
 def max_cosine_matrix(task: RecommendTask, vectors: Vectors, max_rows: int = 1024) -> np.ndarray:
     """(U, 1 + negatives): each candidate's max cosine over its user's history.
 
-    ``vectors`` holds unit rows for every post of ``task``. Users are taken in batches whose
-    histories total about ``max_rows`` posts: one (rows x posts) product per batch, then a
-    gather of each user's candidate columns, so the cost does not grow with Python loops over
-    candidates. Computed once per representation, sums such as model + BoW are additions."""
+    ``vectors`` holds unit rows for every post of ``task``. Dense vectors: one (history x
+    candidates) product per user. Sparse (TF-IDF): users are taken in batches whose histories
+    total about ``max_rows`` posts, one (rows x posts) sparse product per batch, then a gather of
+    each user's candidate columns (a sparse row gather per user is slower). Never a Python loop
+    over candidates. Computed once per representation, sums such as model + BoW are additions."""
     candidates = candidate_matrix(task)
     out = np.empty(candidates.shape, np.float64)  # float32 would turn near-ties into ties
+    if not sps.issparse(vectors):  # dense: gathering each user's candidates is cheapest
+        for v, history in enumerate(task.histories):
+            out[v] = (vectors[history] @ vectors[candidates[v]].T).max(axis=0)
+        return out
     users = len(task.users)
     u = 0
     while u < users:

@@ -50,7 +50,7 @@ def events_for(posts: list[dict], n: int) -> list[dict]:
     kinds = sorted(POSITIVE_KINDS) + ["view", "hide"]
     return [{"event_id": f"k{j}", "user_id": f"r{j % 300}",
              "post_id": posts[(j * 7919) % len(posts)]["post_id"], "kind": kinds[j % 6],
-             "ts": 1.8e9 + j} for j in range(n)]
+             "ts": 1.7e9 + j} for j in range(n)]
 
 
 def produce_paced(broker: str, settings: Settings, posts: list[dict], events: list[dict],
