@@ -62,12 +62,13 @@ class Scorer:
 
     def feed(self, user_id: str, k: int) -> tuple[list[FeedItem], bool]:
         """(items, cold_start)."""
-        ids, authors, ts, vectors = self.candidates.snapshot()
+        view = self.candidates.snapshot()
+        ids, ts, vectors = view.ids, view.ts, view.vectors
         if not ids:
             return [], True
-        excluded = self.store.seen(user_id)
-        allowed = np.fromiter((a != user_id and i not in excluded
-                               for i, a in zip(ids, authors, strict=True)), bool, len(ids))
+        allowed = view.authors != view.author_code.get(user_id, -1)  # never their own posts
+        seen = [view.position[p] for p in self.store.seen(user_id) if p in view.position]
+        allowed[seen] = False  # nor what they liked, shared, hid...
         history = self._history_vectors(user_id)
         if history is None:
             liked = self.store.most_popular(COLD_START_POOL)

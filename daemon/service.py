@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import redis
+import torch
 import uvicorn
 
 from daemon.api import create_app
@@ -39,6 +40,7 @@ REEMBED_BATCH = 256
 class Daemon:
     def __init__(self, settings: Settings):
         s = self.settings = settings
+        torch.set_num_threads(1)  # many request and worker threads: one core each, no spinning
         self.metrics = Metrics()
         self.redis = redis.Redis.from_url(s.redis_url, socket_timeout=5,
                                           socket_connect_timeout=2, health_check_interval=10)
@@ -122,7 +124,7 @@ class Daemon:
     def _reembed(self, budget: int) -> None:
         """Refresh up to ``budget`` candidates embedded by an older model version."""
         version = self.hub.version
-        ids, _, _, _ = self.candidates.snapshot()
+        ids = self.candidates.snapshot().ids
         stale = [ids[i] for i in (self.candidates.versions < version).nonzero()[0][::-1]]
         stale = stale[: min(budget, REEMBED_BATCH)]  # newest first
         if not stale:

@@ -103,3 +103,15 @@ def test_a_trained_model_grows_to_capacity():
     grown = restore_online(online.snapshot(), Capacity(words=128, tags=32), online.train_config)
     assert grown.model.word_emb.shape[0] == 128 and grown.model.tag_emb.shape[0] == 32
     assert grown.tags.size == 3 and len(grown.tags) == 32
+
+
+def test_top_k_selection_matches_a_stable_sort_ties_by_id():
+    from tagspace.tagger import top_k
+
+    rng = np.random.default_rng(0)
+    for n in (10, 100, 1000):
+        vocab = Vocabulary([str(i) for i in range(n)], [1] * n)
+        for _ in range(20):
+            row = rng.integers(0, 5, n).astype(float)  # many ties
+            expected = [vocab.tokens[i] for i in np.argsort(-row, kind="stable")[:7]]
+            assert [s.tag for s in top_k(row, vocab, 7)] == expected
