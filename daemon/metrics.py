@@ -59,6 +59,8 @@ class Metrics:
         self.model_timestamp = Gauge("tagspace_model_version_timestamp_seconds",
                                      "Unix time the current version was made (age = now - "
                                      "this)", registry=r)
+        self.model_age = Gauge("tagspace_model_age_seconds",
+                               "Seconds since the current model version was made", registry=r)
         self.vocab = Gauge("tagspace_vocabulary_size", "Tokens in use", ["kind"], registry=r)
         self.vocab_evictions = Gauge("tagspace_vocabulary_evictions",
                                      "Tokens evicted (least recently seen) since start",

@@ -215,6 +215,7 @@ class Daemon:
         m, online = self.metrics, self.hub.online
         m.model_version.set(self.hub.version)
         m.model_timestamp.set(self.hub.version_time)
+        m.model_age.set(time.time() - self.hub.version_time)
         m.vocab.labels("words").set(online.words.size)
         m.vocab.labels("tags").set(online.tags.size)
         m.ready.set(0 if self.readiness_problems() else 1)
