@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test tools lint bench clean
 
 venv: $(STAMP)
 
@@ -21,8 +21,17 @@ demo: venv
 	@command -v curl > /dev/null || { apt-get update -q && apt-get install -y -q curl; }
 	DEMO_DIR=$(DEMO_DIR) BIN=$(BIN) bash scripts/demo.sh
 
-test: venv
+# Debian packages the tests use: promtool and prometheus (alert rules, a real Prometheus server),
+# docker-compose (validates docker-compose.yml; Docker itself is not needed)
+TEST_TOOLS := promtool prometheus docker-compose
+
+test: venv tools
 	$(BIN)/python -m pytest -q
+
+tools:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t > /dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then echo "installing prometheus and docker-compose (Debian)"; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends prometheus docker-compose; fi
 
 lint: venv
 	$(BIN)/ruff check tagspace daemon tests scripts
