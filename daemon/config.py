@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 ENV_PREFIX = "TAGSPACE_"
+ROLES = ("all", "serve", "trainer")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
 
 
@@ -39,6 +40,12 @@ class Settings:
                         "checkpoints go")
     embedded: bool = _s(False, "start an embedded Kafka-protocol broker (Tansu) and Redis on "
                         "loopback ports, create the topics, stop them on exit")
+    role: str = _s("all", "all: one process ingests, trains and publishes versions; serve: "
+                   "a replica that ingests its partitions and serves, loading the versions a "
+                   "trainer publishes in model_dir; trainer: trains on every post (its own "
+                   "consumer group) and publishes versions")
+    reload_interval_s: float = _s(5.0, "serve role: how often model_dir is checked for a new "
+                                  "version")
     # Kafka
     posts_topic: str = _s("tagspace.posts", "topic of post records", "kafka")
     interactions_topic: str = _s("tagspace.interactions", "topic of interaction records",
@@ -120,6 +127,8 @@ class Settings:
             if isinstance(value, int | float) and not isinstance(value, bool) and \
                     not (math.isfinite(value) and value > 0):
                 raise bad(f.name, f"must be a finite number > 0, got {value}")
+        if self.role not in ROLES:
+            raise bad("role", f"{self.role!r} is not one of {', '.join(ROLES)}")
         if self.train_queue < self.max_poll_records:
             raise bad("train_queue", f"must be >= max_poll_records ({self.max_poll_records}): "
                       "a smaller queue could never take a whole batch")
@@ -129,6 +138,10 @@ class Settings:
                                                 "SASL_SSL"):
             raise bad("kafka_security_protocol", f"unknown {self.kafka_security_protocol!r}")
         return self
+
+    @property
+    def trains(self) -> bool:
+        return self.train and self.role != "serve"
 
     def kafka_options(self) -> dict[str, Any]:
         """Connection options for every Kafka client (security passed through)."""

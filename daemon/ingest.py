@@ -59,9 +59,19 @@ class Ingestor:
         self.failed = False  # set when the loop died of an unexpected error
 
     # clients
+    @property
+    def trainer_only(self) -> bool:
+        """The trainer role reads every post (a consumer group of its own) to train on, and
+        leaves Redis, dead letters and interactions to the serving replicas."""
+        return self.s.role == "trainer"
+
     def _make_consumer(self) -> KafkaConsumer:
+        if self.trainer_only:
+            topics, group = [self.s.posts_topic], f"{self.s.group_id}-trainer"
+        else:
+            topics, group = [self.s.posts_topic, self.s.interactions_topic], self.s.group_id
         return KafkaConsumer(
-            self.s.posts_topic, self.s.interactions_topic, group_id=self.s.group_id,
+            *topics, group_id=group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=self.s.session_timeout_ms,
             heartbeat_interval_ms=self.s.heartbeat_interval_ms,
@@ -130,6 +140,9 @@ class Ingestor:
         for tp, records in batch.items():
             for record in records:
                 self._decode(tp.topic, record, decoded)
+        if self.trainer_only:
+            self._train_only(decoded, batch)
+            return
         if decoded.dead:
             self._send_dead_letters(decoded.dead, stop)
         posts = [p for p, _ in decoded.posts]
@@ -155,6 +168,13 @@ class Ingestor:
                 self._learn(fresh)
             except Exception:  # training is best effort; the stored effect is what counts
                 log.exception("vocabulary update failed for a batch")
+        self._commit(batch)
+
+    def _train_only(self, decoded: Decoded, batch: dict) -> None:
+        posts = [p for p, _ in decoded.posts]
+        self._evaluate(posts)  # nothing is stored: the serving replicas do that
+        if self.trainer is not None:
+            self._learn(posts)
         self._commit(batch)
 
     def _decode(self, topic: str, record, out: Decoded) -> None:  # type: ignore[no-untyped-def]
@@ -207,16 +227,20 @@ class Ingestor:
     def _embed(self, posts: list[Post]) -> np.ndarray:
         if not posts:
             return np.zeros((0, self.hub.online.model.config.dim), np.float32)
-        online = self.hub.online
+        self._evaluate(posts)
+        return self.hub.online.tagger.embed_all([p.tokens for p in posts])
+
+    def _evaluate(self, posts: list[Post]) -> None:
+        """Prequential P@1 / R@10: tagged posts scored before any training on them."""
         tagged = [p for p in posts if p.tags][:EVAL_PER_BATCH]
-        if tagged and self.trainer is not None:  # scored before any training on them
-            for pred in online.evaluate(tagged):
-                self.p1.add(float(pred.hit_at_1), 1.0)
-                self.r10.add(pred.found_at_10, pred.gold)
-                self.metrics.evaluated.inc()
-            self.metrics.online_p1.set(self.p1.rate())
-            self.metrics.online_r10.set(self.r10.rate())
-        return online.tagger.embed_all([p.tokens for p in posts])
+        if not tagged or self.trainer is None:
+            return
+        for pred in self.hub.online.evaluate(tagged):
+            self.p1.add(float(pred.hit_at_1), 1.0)
+            self.r10.add(pred.found_at_10, pred.gold)
+            self.metrics.evaluated.inc()
+        self.metrics.online_p1.set(self.p1.rate())
+        self.metrics.online_r10.set(self.r10.rate())
 
     def _write_with_retry(self, posts, version, interactions, stop,  # type: ignore[no-untyped-def]
                           split: bool = True):

@@ -28,6 +28,7 @@ class ModelHub:
                  fresh: ModelConfig, keep: int = 3):
         self.model_dir = Path(model_dir)
         self.keep = keep
+        self.capacity, self.train = capacity, train
         self.source, self.online, self.version = self._load(capacity, train, fresh)
         self.version_time = time.time()
         self._lock = threading.Lock()
@@ -51,6 +52,22 @@ class ModelHub:
             return "trained", restore_online(checkpoint.tagger, capacity, train), 1
         log.info("no model in %s: starting a fresh one", self.model_dir)
         return "fresh", OnlineTagSpace.fresh(fresh, capacity, train), 1
+
+    def reload_if_newer(self) -> bool:
+        """Serve role: load the version a trainer published, when newer than ours. The swap
+        is one attribute assignment: requests in flight finish on the model they started with."""
+        latest = self.checkpoints / "LATEST"
+        if not latest.is_file():
+            return False
+        name = latest.read_text().strip()
+        if not name.startswith("v") or int(name[1:]) <= self.version:
+            return False
+        checkpoint = load_checkpoint(self.checkpoints / name)
+        online = restore_online(checkpoint.tagger, self.capacity, self.train)
+        self.online, self.version = online, int(checkpoint.extra.get("version", name[1:]))
+        self.version_time = time.time()
+        log.info("loaded model version %d published in %s", self.version, self.checkpoints)
+        return True
 
     def checkpoint(self) -> Path:
         """Write the next version; the previous checkpoints stay until it is complete."""

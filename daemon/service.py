@@ -55,7 +55,7 @@ class Daemon:
         self.hub = ModelHub(Path(s.model_dir), capacity, train, fresh, s.keep_checkpoints)
         dim = self.hub.online.model.config.dim
         self.trainer = (OnlineTrainer(self.hub.online, self.metrics, s.workers, s.batch_size,
-                                      s.train_queue) if s.train else None)
+                                      s.train_queue) if s.trains else None)
         self.candidates = CandidateIndex(self.store, s.recent_posts, dim)
         self.scorer = Scorer(self.hub, self.store, self.candidates, s.feed_history)
         self.redis_ok = False
@@ -105,8 +105,14 @@ class Daemon:
 
     def _maintain(self) -> None:
         s = self.settings
-        last_checkpoint = time.monotonic()
+        last_checkpoint = last_reload = time.monotonic()
         while not self.stop_event.wait(s.candidate_refresh_s):
+            if s.role == "serve" and time.monotonic() - last_reload >= s.reload_interval_s:
+                last_reload = time.monotonic()
+                try:
+                    self.hub.reload_if_newer()
+                except Exception:  # a half-copied or bad checkpoint: keep the current model
+                    log.exception("loading a published model version failed")
             try:
                 self.candidates.refresh()
                 self._reembed(int(s.reembed_rate * s.candidate_refresh_s) + 1)

@@ -100,3 +100,14 @@ def test_the_settings_documentation_lists_every_setting():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "DAEMON.md").read_text()
     assert settings_table() in doc  # regenerate with: python -c "...settings_table()"
+
+
+def test_a_serving_replica_loads_the_versions_a_trainer_publishes(tmp_path):
+    trainer = ModelHub(tmp_path / "m", CAP, TRAIN, SMALL)
+    replica = ModelHub(tmp_path / "m", CAP, TRAIN, SMALL)
+    assert replica.reload_if_newer() is False  # nothing published yet
+    trainer.online.observe(post(1, "maple syrup", ["breakfast"]), clock=1.0)
+    trainer.checkpoint()
+    assert replica.reload_if_newer() is True and replica.version == trainer.version == 2
+    assert replica.online.tags.get("breakfast") is not None
+    assert replica.reload_if_newer() is False  # already current
