@@ -7,6 +7,7 @@ its thread pool, beside the ingestion and training threads.
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,15 @@ def create_app(daemon: Daemon) -> FastAPI:
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        if path.startswith("/admin/") or (s.api_token and path.startswith("/v1/")):
+            if not s.api_token:
+                return _error(403, "admin routes are disabled: no api_token is configured")
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {s.api_token}".encode()):
+                return JSONResponse({"error": "missing or wrong bearer token"},
+                                    status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > s.max_body_bytes):
             return _error(413, f"request body over {s.max_body_bytes} bytes")
@@ -163,6 +173,16 @@ def create_app(daemon: Daemon) -> FastAPI:
         daemon.refresh_gauges()
         return Response(generate_latest(daemon.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/checkpoint", responses={401: {"model": ErrorResponse},
+                                              403: {"model": ErrorResponse}})
+    def checkpoint() -> Any:
+        """Write a model version now (trainer or `all` role); needs the bearer token."""
+        if daemon.trainer is None:
+            return _error(409, "this replica does not train: checkpoints come from the trainer")
+        if not daemon.checkpoint():
+            return _error(500, "checkpoint failed: see the log")
+        return {"model_version": daemon.hub.version}
 
     @app.get("/livez")
     def livez() -> dict[str, str]:

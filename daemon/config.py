@@ -101,6 +101,8 @@ class Settings:
     feed_history: int = _s(50, "newest history posts a feed is scored against", "serving")
     max_k: int = _s(100, "largest k a request may ask for", "serving")
     max_body_bytes: int = _s(64 * 1024, "largest request body", "serving")
+    api_token: str = _s("", "bearer token the /v1 API requires when set (admin routes always "
+                        "require one); prefer the environment variable", "serving")
     candidate_refresh_s: float = _s(0.5, "how often new posts enter the feed candidates",
                                     "serving")
     log_level: str = _s("INFO", "DEBUG, INFO, WARNING or ERROR", "service")

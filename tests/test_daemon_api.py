@@ -63,3 +63,26 @@ def test_redis_down_is_a_503_with_a_json_error_and_readiness_says_why():
     ready = c.get("/readyz")
     assert ready.status_code == 503 and "kafka" in ready.json()["error"]
     assert c.get("/livez").status_code == 200
+
+
+def test_bearer_token_guards_the_api_and_admin_routes():
+    from dataclasses import replace
+
+    open_client = client()
+    assert open_client.post("/admin/checkpoint").status_code == 403  # no token: admin is off
+    daemon_settings = replace(Settings(max_body_bytes=1000, max_k=50), api_token="s3cret")
+    guarded = TestClient(create_app(SimpleNamespace(
+        settings=daemon_settings, metrics=Metrics(),
+        scorer=SimpleNamespace(suggest=lambda text, k, user: []), hub=SimpleNamespace(version=1),
+        store=None, trainer=None, refresh_gauges=lambda: None,
+        readiness_problems=lambda: [])))  # type: ignore[arg-type]
+    body = {"text": "garlic"}
+    assert guarded.post("/v1/suggest", json=body).status_code == 401
+    wrong = guarded.post("/v1/suggest", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]
+    ok = guarded.post("/v1/suggest", json=body, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    assert guarded.get("/livez").status_code == 200  # probes stay open
+    assert guarded.post("/admin/checkpoint").status_code == 401
+    admin = guarded.post("/admin/checkpoint", headers={"Authorization": "Bearer s3cret"})
+    assert admin.status_code == 409  # authorised; this stand-in does not train
