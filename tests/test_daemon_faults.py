@@ -73,3 +73,88 @@ def test_the_daemon_reconnects_by_itself_after_a_broker_restart(redis_url, tmp_p
         daemon.shutdown()
         daemon.store.clear()
         tansu.stop()
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path,
+                                                                            monkeypatch):
+    import tagspace.checkpoint as checkpoint_module
+    from daemon.model_hub import ModelHub
+    from tests.test_daemon_units import CAP, SMALL, TRAIN
+
+    hub = ModelHub(tmp_path / "m", CAP, TRAIN, SMALL)
+    hub.checkpoint()  # version 2, complete
+
+    def crash(*args, **kwargs):  # the process dies half-way through the weights
+        raise SystemExit("killed while writing")
+    monkeypatch.setattr(checkpoint_module, "save_file", crash)
+    with pytest.raises(SystemExit):
+        hub.checkpoint()
+    monkeypatch.undo()
+    again = ModelHub(tmp_path / "m", CAP, TRAIN, SMALL)
+    assert (again.source, again.version) == ("checkpoint", 2)
+    assert not list((tmp_path / "m" / "checkpoints").glob(".v*"))  # no half-written leftovers
+
+
+def test_a_full_disk_at_checkpoint_time_is_logged_and_counted_and_serving_goes_on(
+        broker, redis_url, tmp_path, monkeypatch, caplog):
+    import errno
+
+    import daemon.model_hub as hub_module
+
+    settings = settings_for(broker, redis_url, tmp_path / "model")
+    daemon = Daemon(settings)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(hub_module, "save_checkpoint", full)
+    version = daemon.hub.version
+    assert daemon.checkpoint() is False
+    assert daemon.metrics.checkpoints.labels("failed")._value.get() == 1
+    assert daemon.hub.version == version and "No space left" in caplog.text
+    assert daemon.scorer.suggest("garlic bread", 3, None) is not None  # still answering
+    daemon.redis.close()
+
+
+def test_no_error_responses_while_model_versions_switch_and_posts_are_re_embedded(
+        broker, redis_url, tmp_path):
+    import threading
+
+    from daemon.model_hub import ModelHub
+    from tagspace.hogwild import TrainConfig
+    from tagspace.model import ModelConfig
+    from tagspace.online import Capacity
+
+    settings = settings_for(broker, redis_url, tmp_path / "model", role="serve",
+                            reload_interval_s=0.2)
+    publisher = ModelHub(tmp_path / "model", Capacity(settings.word_capacity,
+                                                      settings.tag_capacity),
+                         TrainConfig(), ModelConfig(encoder="conv", dim=32, hidden=100,
+                                                    dropout=0.0, word_tag_share=True))
+    daemon = Daemon(settings)
+    daemon.start()
+    base = f"http://{settings.http_addr}"
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=10) as c:
+            while not stop.is_set():
+                statuses.append(c.post(base + "/v1/suggest", json={"text": "garlic"}).status_code)
+                statuses.append(c.get(base + "/v1/feed/a1").status_code)
+    try:
+        send(broker, settings.posts_topic, cooking_records(1000))
+        wait_until(lambda: daemon.store.count_posts() == 1000, 60, "posts")
+        client = threading.Thread(target=hammer)
+        client.start()
+        for _ in range(4):  # a trainer publishing versions
+            publisher.checkpoint()
+            time.sleep(0.8)
+        wait_until(lambda: daemon.hub.version == publisher.version, 10, "the last version")
+        wait_until(lambda: daemon.metrics.reembedded._value.get() > 0, 10, "re-embedding")
+        stop.set()
+        client.join(10)
+        assert len(statuses) > 20 and set(statuses) == {200}
+    finally:
+        stop.set()
+        daemon.shutdown()
+        daemon.store.clear()
