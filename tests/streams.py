@@ -58,7 +58,12 @@ def send(broker: str, topic: str, values: Iterable[bytes | dict]) -> int:
     p = producer(broker)
     n = 0
     for v in values:
-        p.send(topic, v if isinstance(v, bytes) else json.dumps(v).encode())
+        # keyed as producers should: one post (or user) always lands on the same partition,
+        # so its records keep their order
+        key = None if isinstance(v, bytes) else (v.get("post_id") if "text" in v
+                                                 else v.get("user_id"))
+        p.send(topic, v if isinstance(v, bytes) else json.dumps(v).encode(),
+               key=key.encode() if isinstance(key, str) else None)
         n += 1
     p.flush()
     p.close()

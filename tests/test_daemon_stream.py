@@ -40,6 +40,20 @@ BAD_POSTS = [
     b'{"post_id": "p", "user_id": "u", "text": ""}',
     b"[" * 100_000,
     json.dumps({"post_id": "big", "user_id": "u", "text": "word " * 200_000}).encode(),
+    b'{"post_id": "p", "user_id": "u", "text": "x", "ts": "yesterday"}',
+    b'{"post_id": "p", "user_id": "u", "text": "x", "ts": 9e99}',
+    b'{"post_id": "p", "user_id": "u", "text": "x", "ts": true}',
+    b'{"post_id": "", "user_id": "u", "text": "x"}',
+    b'{"post_id": "p", "user_id": "u\\n1", "text": "x"}',
+    b'{"post_id": "p", "user_id": "u", "text": "a\\u0000b"}',
+    b'{"post_id": "p", "user_id": "u", "text": "x", "tags": ["ok\\ud800"]}',
+    b'{"post_id": "p", "user_id": "u", "text": "x", "tags": [1, 2]}',
+    json.dumps({"post_id": "p", "user_id": "u", "text": "x",
+                "tags": [f"t{i}" for i in range(10_000)]}).encode(),
+    json.dumps({"post_id": "p" * 300, "user_id": "u", "text": "x"}).encode(),
+    b'{"post_id": "p", "user_id": "u", "text": "x", "ts": Infinity}',
+    b"\x00\x00\x00",
+    b'{"post_id": "p", "user_id": "u", "text": "   "}',
 ]
 BAD_INTERACTIONS = [
     b"nope", b'{"user_id": "u", "post_id": "p"}',
@@ -57,8 +71,10 @@ def stream(broker, redis_server, tmp_path_factory):
     posts = cooking_records(5000)
     bad_posts = [BAD_POSTS[i % len(BAD_POSTS)] for i in range(54)]
     replays = rng.sample(posts, 100)  # the same records again: no effect
+    conflict = dict(posts[0], text="entirely different words", tags=["other"])
     post_values = [*posts, *replays, *bad_posts]
     rng.shuffle(post_values)
+    post_values.append(conflict)  # the same id, other content, later: the first one stays
     events, kinds = [], sorted(POSITIVE_KINDS) + ["view", "hide"]
     for j in range(5000):
         p = posts[rng.randrange(len(posts))]
@@ -100,7 +116,7 @@ def test_every_valid_record_has_exactly_one_effect_and_counters_match(stream):
     assert all(p is not None and p.embedding is not None and len(p.embedding) == 32
                for p in sample)
     assert sample[0].user_id == stream["posts"][0]["user_id"]
-    assert sample[0].tags == stream["posts"][0]["tags"]
+    assert sample[0].tags == stream["posts"][0]["tags"]  # not the later conflicting content
 
     positives: dict[str, set[str]] = {}
     for e in stream["events"]:
@@ -129,7 +145,7 @@ def test_every_valid_record_has_exactly_one_effect_and_counters_match(stream):
     assert metric(text, "tagspace_records_dead_lettered_total", topic=inter_t) == \
         len(stream["bad_events"])
     assert metric(text, "tagspace_records_applied_total", topic=posts_t) == len(stream["posts"])
-    assert metric(text, "tagspace_records_duplicate_total", topic=posts_t) == 100
+    assert metric(text, "tagspace_records_duplicate_total", topic=posts_t) == 101
     assert metric(text, "tagspace_records_applied_total", topic=inter_t) == len(stream["events"])
     assert metric(text, "tagspace_records_duplicate_total", topic=inter_t) == 50
     assert metric(text, "tagspace_records_invalid_total", topic=posts_t,
