@@ -18,3 +18,17 @@ def test_library_imports_no_service_code():
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
     assert offenders == []
+
+
+def test_no_code_path_unpickles():
+    """Checkpoints are safetensors + JSON + TSV and payloads are JSON: nothing calls pickle,
+    torch.load (pickle-based) or numpy's allow_pickle."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in [*root.joinpath("tagspace").rglob("*.py"), *root.joinpath("daemon").rglob("*.py")]:
+        text = path.read_text()
+        for bad in ("import pickle", "from pickle", "torch.load(", "allow_pickle=True",
+                    "import dill", "import joblib"):
+            if bad in text:
+                offenders.append(f"{path.name}: {bad}")
+    assert offenders == []
