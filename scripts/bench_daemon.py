@@ -54,6 +54,13 @@ def records(n: int, prefix: str) -> list[dict]:
     return out
 
 
+def scratch(name: str) -> Path:
+    """A fresh work folder for one run (servers' data, model, logs)."""
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"tagspace-{name}-{os.getpid()}"
+    work.mkdir(parents=True)
+    return work
+
+
 class Stack:
     def __init__(self, workdir: Path):
         self.tansu = start_tansu()
@@ -309,8 +316,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bench_daemon"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"tagspace-bench-{os.getpid()}"
-    work.mkdir(parents=True)
+    work = scratch("bench")
     stack = Stack(work)
     report: dict = {"machine": f"{platform.node()} {os.cpu_count()} cores {platform.machine()}",
                     "python": platform.python_version()}

@@ -26,7 +26,14 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_daemon import Stack, producer, records, start_daemon, stop_daemon  # noqa: E402
+from bench_daemon import (  # noqa: E402
+    Stack,
+    producer,
+    records,
+    scratch,
+    start_daemon,
+    stop_daemon,
+)
 
 from daemon.records import POSITIVE_KINDS  # noqa: E402
 
@@ -51,8 +58,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/soak"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"tagspace-soak-{os.getpid()}"
-    work.mkdir(parents=True)
+    work = scratch("soak")
     stack = Stack(work)
     settings = stack.settings("soak", work / "model", checkpoint_interval_s=60.0)
     proc = start_daemon(settings, work / "daemon.log")
