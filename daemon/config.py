@@ -76,6 +76,10 @@ class Settings:
     history_size: int = _s(200, "positive interactions kept per user, newest first", "store")
     seen_size: int = _s(5000, "posts remembered per user as not to be shown again", "store")
     recent_posts: int = _s(100_000, "newest posts kept as feed candidates", "store")
+    post_ttl_s: int = _s(30 * 24 * 3600, "a stored post expires after this (keep it above the "
+                         "topics' retention)", "store")
+    user_ttl_s: int = _s(90 * 24 * 3600, "a user's history and hashtag counts expire this long "
+                         "after their last activity", "store")
     event_ttl_s: int = _s(7 * 24 * 3600, "how long an interaction id is remembered for "
                           "deduplication (at least the Kafka retention)", "store")
     # model and online training

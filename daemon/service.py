@@ -46,7 +46,8 @@ class Daemon:
                                           socket_connect_timeout=2, health_check_interval=10)
         self.store = Store(self.redis, s.redis_prefix, history_size=s.history_size,
                            seen_size=s.seen_size, recent_posts=s.recent_posts,
-                           event_ttl_s=s.event_ttl_s, observe=self.metrics.observe_redis)
+                           event_ttl_s=s.event_ttl_s, post_ttl_s=s.post_ttl_s,
+                           user_ttl_s=s.user_ttl_s, observe=self.metrics.observe_redis)
         capacity = Capacity(s.word_capacity, s.tag_capacity, s.min_word_count, s.min_tag_count)
         train = TrainConfig(lr=s.lr, batch_size=s.batch_size, negatives=s.negatives,
                             positives="all", workers=s.workers)

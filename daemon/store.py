@@ -14,6 +14,10 @@ Keys (``P`` = the configured prefix; ids come last, so no id can reach another k
   interactions (cold-start feeds).
 - ``P:event:{event_id}``: an interaction already applied (expires after ``event_ttl_s``).
 
+Expiry: a post after ``post_ttl_s`` (keep it above the topics' retention, or a redelivered old
+post would count again); a user's history, seen set and hashtag counts ``user_ttl_s`` after
+their last activity; ``P:pop`` keeps the ``recent_posts`` most liked posts.
+
 Exactly-once effect: a post's and an interaction's writes are one Lua script each, applied only
 if the post / event id is new, so replaying a record changes nothing. Writes are pipelined per
 Kafka poll batch.
@@ -36,7 +40,7 @@ from tagspace.dataset import Post
 
 _ADD_POST = """
 -- KEYS: post, recent, tags, utags, arrivals; ARGV: post_id, user, ts, tags_json, tokens_json,
--- emb, ver, recent_cap, write_id, tag...
+-- emb, ver, recent_cap, write_id, post_ttl, user_ttl, tag...
 if redis.call('HSETNX', KEYS[1], 'user', ARGV[2]) == 0 then
   -- 1 when this very write was applied before (a client retry of the same pipeline)
   if redis.call('HGET', KEYS[1], 'wid') == ARGV[9] then return 1 end
@@ -48,16 +52,18 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[8])
 if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1) end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[1])
-for i = 10, #ARGV do
+redis.call('EXPIRE', KEYS[1], ARGV[10])
+for i = 12, #ARGV do
   redis.call('HINCRBY', KEYS[3], ARGV[i], 1)
   redis.call('HINCRBY', KEYS[4], ARGV[i], 1)
 end
+if #ARGV >= 12 then redis.call('EXPIRE', KEYS[4], ARGV[11]) end
 return 1
 """
 
 _ADD_INTERACTION = """
 -- KEYS: event, hist, seen, pop; ARGV: ttl, post_id, ts, positive, hide, hist_cap, seen_cap,
--- write_id
+-- write_id, user_ttl, pop_cap
 if not redis.call('SET', KEYS[1], ARGV[8], 'NX', 'EX', ARGV[1]) then
   if redis.call('GET', KEYS[1]) == ARGV[8] then return 1 end  -- a retry of this very write
   return 0
@@ -65,11 +71,15 @@ end
 if ARGV[4] == '1' then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[6]) - 1)
+  redis.call('EXPIRE', KEYS[2], ARGV[9])
   redis.call('ZINCRBY', KEYS[4], 1, ARGV[2])
+  -- the least liked go first once over the cap
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[10]) - 1)
 end
 if ARGV[4] == '1' or ARGV[5] == '1' then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[7]) - 1)
+  redis.call('EXPIRE', KEYS[3], ARGV[9])
 end
 return 1
 """
@@ -106,11 +116,13 @@ Observer = Callable[[str, float, bool], None]  # (operation, seconds, failed)
 class Store:
     def __init__(self, client: redis.Redis, prefix: str, *, history_size: int = 200,
                  seen_size: int = 5000, recent_posts: int = 100_000,
-                 event_ttl_s: int = 7 * 24 * 3600, observe: Observer | None = None):
+                 event_ttl_s: int = 7 * 24 * 3600, post_ttl_s: int = 30 * 24 * 3600,
+                 user_ttl_s: int = 90 * 24 * 3600, observe: Observer | None = None):
         self.r = client
         self.p = prefix
         self.history_size, self.seen_size = history_size, seen_size
         self.recent_posts, self.event_ttl_s = recent_posts, event_ttl_s
+        self.post_ttl_s, self.user_ttl_s = post_ttl_s, user_ttl_s
         self._observe = observe or (lambda op, seconds, failed: None)
         self._add_post = client.register_script(_ADD_POST)
         self._add_interaction = client.register_script(_ADD_INTERACTION)
@@ -188,7 +200,7 @@ class Store:
                 args=[post.post_id, post.user_id, repr(float(post.ts or 0.0)),
                       json.dumps(list(post.tags)), json.dumps(list(post.tokens)),
                       np.asarray(emb, np.float32).tobytes(), version, self.recent_posts,
-                      write_id, *post.tags],
+                      write_id, self.post_ttl_s, self.user_ttl_s, *post.tags],
                 client=pipe)
         for e, first in zip(interactions, first_events, strict=True):
             if not first:
@@ -197,7 +209,8 @@ class Store:
                 keys=[self.event_key(e.event_id), self.history_key(e.user_id),
                       self.seen_key(e.user_id), self.popular_key],
                 args=[self.event_ttl_s, e.post_id, repr(e.ts), int(e.positive),
-                      int(e.kind == "hide"), self.history_size, self.seen_size, write_id],
+                      int(e.kind == "hide"), self.history_size, self.seen_size, write_id,
+                      self.user_ttl_s, self.recent_posts],
                 client=pipe)
         results = iter(self._timed("write", pipe.execute))
         return WriteResult([first and bool(next(results)) for first in first_posts],

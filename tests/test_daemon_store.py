@@ -67,3 +67,12 @@ def test_embeddings_are_replaced_only_by_newer_versions(store):
     assert store.set_embeddings([("p1", np.zeros(4))], 4) == 1
     stored = store.post("p1")
     assert stored.version == 4 and not stored.embedding.any()
+
+
+def test_posts_and_user_state_expire(store):
+    store.post_ttl_s, store.user_ttl_s = 100, 200
+    store.write([post("p1")], 1, [like("e1", "v", "p1")])
+    assert 0 < store.r.ttl(store.post_key("p1")) <= 100
+    assert 100 < store.r.ttl(store.history_key("v")) <= 200
+    assert 100 < store.r.ttl(store.seen_key("v")) <= 200
+    assert 100 < store.r.ttl(store.user_tags_key("u")) <= 200
