@@ -204,7 +204,7 @@ class Ingestor:
             try:
                 producer = self.producer()
                 futures = [producer.send(self.s.dead_letter_topic, value) for _, value in dead]
-                producer.flush(timeout=10)
+                producer.flush(timeout=5)  # a broker restart: fail fast, rebuild the producer
                 for f in futures:
                     f.get(timeout=1)
                 break
@@ -328,7 +328,13 @@ class Ingestor:
                 continue
             if position is None:
                 continue
-            lag = max(0, high - position)
+            if high < position:  # the log restarted below us (topic recreated, broker
+                # that kept nothing): read it again from the start; replays change nothing
+                log.warning("%s is behind our position (%d < %d): reading it from the start",
+                            tp, high, position)
+                self.consumer.seek_to_beginning(tp)
+                continue
+            lag = high - position
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     def committed(self) -> dict[TopicPartition, int]:

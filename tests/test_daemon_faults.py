@@ -64,11 +64,13 @@ def test_the_daemon_reconnects_by_itself_after_a_broker_restart(redis_url, tmp_p
         time.sleep(3.0)
         tansu = start_tansu(port)  # memory storage: topics, data and offsets are gone
         create_topics(bootstrap, topics, settings.topic_partitions)
-        later = cooking_records(200, offset=5000)
+        # fewer records than before: every partition restarts below the daemon's position
+        # (the test broker keeps nothing; a real broker never moves offsets back)
+        later = cooking_records(40, offset=5000)
         send(bootstrap, settings.posts_topic, [*later, b"not json"])
-        wait_until(lambda: daemon.store.count_posts() == 400, 90, "posts after the restart")
+        wait_until(lambda: daemon.store.count_posts() == 240, 90, "posts after the restart")
         wait_until(lambda: daemon.metrics.dead_lettered.labels(
-            settings.posts_topic)._value.get() == 1, 30, "a dead letter after the restart")
+            settings.posts_topic)._value.get() == 1, 60, "a dead letter after the restart")
     finally:
         daemon.shutdown()
         daemon.store.clear()
