@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daemon.store import Store
+from tagspace.recommend import unit_rows
 
 log = logging.getLogger(__name__)
 FETCH = 2000  # posts read from Redis per refresh step
@@ -71,8 +72,7 @@ class CandidateIndex:
     def _append(self, posts) -> None:  # type: ignore[no-untyped-def]
         if not posts:
             return
-        vecs = np.stack([p.embedding for p in posts]).astype(np.float32)
-        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True).clip(1e-8)
+        vecs = unit_rows(np.stack([p.embedding for p in posts]).astype(np.float32))
         with self._lock:
             old = self._view
             codes = [self._author_code.setdefault(p.user_id, len(self._author_code))

@@ -21,7 +21,7 @@ import numpy as np
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from daemon.config import Settings
 from daemon.metrics import Metrics, RollingRate
@@ -51,7 +51,6 @@ class Ingestor:
         self.store, self.hub, self.trainer, self.metrics = store, hub, trainer, metrics
         self.on_redis_state = on_redis_state
         self.p1, self.r10 = RollingRate(), RollingRate()
-        self.kafka_ok = False
         self.consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._last_lag = 0.0
@@ -98,15 +97,12 @@ class Ingestor:
                             self.s.kafka_bootstrap, attempt, e)
                 if stop.wait(_backoff(attempt)):
                     return
-        self.kafka_ok = True
         try:
             while not stop.is_set():
                 self._backpressure()
                 try:
                     batch = self.consumer.poll(timeout_ms=200)
-                    self.kafka_ok = True
                 except KafkaError as e:
-                    self.kafka_ok = False
                     log.warning("Kafka poll failed: %s", e)
                     stop.wait(1.0)
                     continue
@@ -336,11 +332,6 @@ class Ingestor:
                 continue
             lag = high - position
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
-
-    def committed(self) -> dict[TopicPartition, int]:
-        """Committed offsets of this group (tests)."""
-        assert self.consumer is not None
-        return {tp: self.consumer.committed(tp) or 0 for tp in self.consumer.assignment()}
 
 
 def _backoff(attempt: int) -> float:

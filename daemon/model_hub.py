@@ -13,8 +13,12 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
+from daemon.store import Store, StoredPost
 from tagspace.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tagspace.hogwild import TrainConfig
 from tagspace.model import ModelConfig
@@ -68,6 +72,15 @@ class ModelHub:
         self.version_time = time.time()
         log.info("loaded model version %d published in %s", self.version, self.checkpoints)
         return True
+
+    def reembed(self, store: Store, posts: Sequence[StoredPost]) -> tuple[np.ndarray, int, int]:
+        """Embed stored posts with the current model and write the embeddings back wherever an
+        older version made them: (embeddings, their version, how many were replaced)."""
+        version = self.version  # read first: a label never newer than the model
+        embs = self.online.tagger.embed_all([p.tokens for p in posts])
+        changed = store.set_embeddings(
+            [(p.post_id, e) for p, e in zip(posts, embs, strict=True)], version)
+        return embs, version, changed
 
     def checkpoint(self) -> Path:
         """Write the next version; the previous checkpoints stay until it is complete."""

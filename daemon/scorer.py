@@ -21,6 +21,7 @@ from daemon.model_hub import ModelHub
 from daemon.store import Store
 from tagspace.dataset import Post
 from tagspace.personalize import AuthorHistory, PersonalizeWeights, combine, history_features
+from tagspace.recommend import unit_rows
 from tagspace.tagger import top_k
 from tagspace.text import parse_post_text
 
@@ -100,10 +101,7 @@ class Scorer:
         stale = [p for p in stored if p.version < version or p.embedding is None]
         fresh_vectors = {}
         if stale:
-            embs = self.hub.online.tagger.embed_all([p.tokens for p in stale])
-            self.store.set_embeddings([(p.post_id, e) for p, e in zip(stale, embs, strict=True)],
-                                      version)
+            embs, _, _ = self.hub.reembed(self.store, stale)
             fresh_vectors = {p.post_id: e for p, e in zip(stale, embs, strict=True)}
         vecs = np.stack([fresh_vectors.get(p.post_id, p.embedding) for p in stored])
-        vecs = vecs.astype(np.float32)
-        return vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(1e-8)
+        return unit_rows(vecs.astype(np.float32))

@@ -143,9 +143,8 @@ class Daemon:
         stored = [p for p in found if p is not None]
         if not stored:
             return
-        embs = self.hub.online.tagger.embed_all([p.tokens for p in stored])
-        self.metrics.reembedded.inc(self.store.set_embeddings(
-            [(p.post_id, e) for p, e in zip(stored, embs, strict=True)], version))
+        embs, version, changed = self.hub.reembed(self.store, stored)
+        self.metrics.reembedded.inc(changed)
         self.candidates.update([p.post_id for p in stored], embs, version)
 
     def checkpoint(self) -> bool:

@@ -30,6 +30,7 @@ from tagspace.recommend import (
     build_task,
     max_cosine_matrix,
     metrics_from_scores,
+    mix_quality,
     unit_rows,
     zscore_rows,
 )
@@ -93,9 +94,9 @@ def main() -> None:
         if kind == "model":  # raw cosines summed, or per-user z-scores: chosen on tuning
             best = None
             for label, norm in (("", lambda x: x), ("z-scores, ", zscore_rows)):
-                w = best_mix_weight(norm(scores[id(tune)]), norm(bow[id(tune)]), WEIGHTS)
-                tuned = metrics_from_scores(norm(scores[id(tune)]) + w * norm(bow[id(tune)]))
-                quality = tuned.p_at_1 + tuned.r_at_10 + tuned.r_at_50
+                model_s, bow_s = norm(scores[id(tune)]), norm(bow[id(tune)])
+                w = best_mix_weight(model_s, bow_s, WEIGHTS)
+                quality = mix_quality(model_s, bow_s, w)
                 if best is None or quality > best[0]:
                     best = (quality, label, norm, w)
             _, label, norm, w = best

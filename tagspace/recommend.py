@@ -146,13 +146,16 @@ def zscore_rows(scores: np.ndarray) -> np.ndarray:
     return (scores - scores.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
 
 
+def mix_quality(model: np.ndarray, bow: np.ndarray, weight: float) -> float:
+    """P@1 + R@10 + R@50 of model + weight x BoW: what the mixing weight is tuned on."""
+    m = metrics_from_scores(model + weight * bow)
+    return m.p_at_1 + m.r_at_10 + m.r_at_50
+
+
 def best_mix_weight(model: np.ndarray, bow: np.ndarray, weights: Sequence[float]) -> float:
-    """The BoW weight w of model + w x BoW with the best P@1 + R@10 + R@50 on these (tuning)
-    scores; the first such weight on ties."""
-    def quality(w: float) -> float:
-        m = metrics_from_scores(model + w * bow)
-        return m.p_at_1 + m.r_at_10 + m.r_at_50
-    return max(weights, key=quality)
+    """The BoW weight with the best ``mix_quality`` on these (tuning) scores; the first such
+    weight on ties."""
+    return max(weights, key=lambda w: mix_quality(model, bow, w))
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
