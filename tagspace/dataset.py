@@ -6,6 +6,7 @@ An unrecognisable file is a clear ``ValueError`` naming the file and the formats
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -87,6 +88,7 @@ def read_posts(
     fmt = detect_format(path) if fmt == "auto" else fmt
     parse = {"jsonl": _parse_jsonl, "fasttext": _parse_fasttext, "hyt": _parse_hyt}[fmt]
     stats = stats if stats is not None else ReadStats()
+    prefix = file_id_prefix(path)
     with path.open("rb") as f:
         for lineno, raw in enumerate(_bounded_lines(f)):
             stats.lines += 1
@@ -102,7 +104,7 @@ def read_posts(
                 stats.skip("empty_line")
                 continue
             try:
-                post = parse(line, f"{path.stem}:{lineno}", float(lineno))
+                post = parse(line, f"{prefix}:{lineno}", float(lineno))
             except _BadRecord as e:
                 stats.skip(str(e))
                 continue
@@ -114,6 +116,17 @@ def read_posts(
                 continue
             stats.posts += 1
             yield post
+
+
+def file_id_prefix(path: Path) -> str:
+    """The id prefix of a file's posts that carry no id of their own (fastText, hyt).
+
+    The stem alone made ``cooking.train`` and ``cooking.valid`` share ids, so evaluated posts
+    looked like profile posts. The full name keeps ids readable; a hash of the resolved path
+    tells apart equal names in other folders and is the same on every read of one file.
+    """
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    return f"{path.name[:200]}@{digest}"  # ids stay under the contract's 256 characters
 
 
 def _bounded_lines(f: BinaryIO) -> Iterator[bytes | None]:

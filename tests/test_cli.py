@@ -145,3 +145,26 @@ def test_eval_recommend_writes_contract_json(model_dir, tmp_path):
         assert set(metrics) == {"p_at_1", "r_at_10", "r_at_50", "n_users"}
         assert metrics["n_users"] == 8
     assert result["bow"]["r_at_10"] == 1.0  # each user's target shares its topic words
+
+
+def test_personalize_drops_only_the_evaluated_posts_themselves(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from tagspace.baselines import FrequencyScorer
+    from tagspace.cli_commands import _maybe_personalized
+    from tagspace.dataset import read_posts
+    from tagspace.vocab import Vocabulary
+
+    # hyt files of one stem: line ids used to be "posts:<line>" in both
+    rows = "".join(f"post {i}\tu{i}\ttag{i}\n" for i in range(6))
+    train, valid = tmp_path / "posts.train", tmp_path / "posts.valid"
+    train.write_text(rows)
+    valid.write_text(rows)
+    tags = Vocabulary.build([[f"tag{i}"] for i in range(6)])
+    checkpoint = SimpleNamespace(tagger=FrequencyScorer(tags), extra={})
+    evaluated = {p.post_id for p in read_posts(valid)}
+    scorer = _maybe_personalized(checkpoint, [train], None, "auto", exclude=evaluated)
+    assert len(scorer.profiles) == 6  # unrelated profile posts all kept
+    assert "also evaluated posts" not in caplog.text
+    scorer = _maybe_personalized(checkpoint, [valid], None, "auto", exclude=evaluated)
+    assert len(scorer.profiles) == 0  # the evaluated file itself never forms a profile

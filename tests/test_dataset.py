@@ -85,3 +85,16 @@ def test_unknown_format_is_a_clear_error(tmp_path):
         list(read_posts(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError, match="unknown format"):
         list(read_posts(path, "csv"))
+
+
+def test_post_ids_are_unique_across_files_with_one_stem(tmp_path):
+    # cooking.train and cooking.valid share the stem "cooking": their line ids must not collide
+    rows = b"so happy today\t42\tjoy\nrainy again\t7\tsad\n"
+    train, valid = write(tmp_path, "posts.train", rows), write(tmp_path, "posts.valid", rows)
+    (tmp_path / "copy").mkdir()
+    other = write(tmp_path / "copy", "posts.train", rows)  # same name, another folder
+    ids = [[p.post_id for p in read_posts(path)] for path in (train, valid, other)]
+    assert all(len(set(i)) == 2 for i in ids)
+    assert not set(ids[0]) & set(ids[1]) and not set(ids[0]) & set(ids[2])
+    assert [p.post_id for p in read_posts(train)] == ids[0]  # stable: same file, same ids
+    assert ids[0][0].startswith("posts.train@")
