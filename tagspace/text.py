@@ -1,6 +1,7 @@
 """Text processing for raw social posts: hashtags out as labels, the rest as model tokens.
 
-Normalisation, in order: Unicode NFC, URLs -> ``<url>``, @mentions -> ``<user>``, hashtags
+Normalisation, in order: Unicode NFC, invisible characters (zero-width joiners, variation
+selectors) removed, URLs -> ``<url>``, @mentions -> ``<user>``, hashtags
 extracted as labels and removed, case folding, numbers -> ``<num>``, punctuation and each emoji
 split into tokens of their own. Already-tokenised corpora (howyoutagtweets) pass through unchanged
 apart from case folding.
@@ -32,22 +33,28 @@ class ParsedText:
     hashtags: tuple[str, ...]
 
 
+def _visible(text: str) -> str:
+    """NFC without invisible characters: done before any regex, so labels and tokens see the
+    same text (a joiner inside ``#foo\u200dbar`` would otherwise end the hashtag at ``foo``)."""
+    return unicodedata.normalize("NFC", text).translate(_INVISIBLE)
+
+
 def normalize_tag(tag: str) -> str:
     """A label as the model stores it: NFC, case-folded, without a leading '#', trimmed."""
-    return unicodedata.normalize("NFC", tag).strip().lstrip("#").casefold()
+    return _visible(tag).strip().lstrip("#").casefold()
 
 
 def extract_hashtags(text: str) -> tuple[str, ...]:
     """The distinct hashtags of ``text`` in order of first appearance, normalised."""
     seen: dict[str, None] = {}
-    for match in _HASHTAG.finditer(_URL.sub(" ", text)):
+    for match in _HASHTAG.finditer(_URL.sub(" ", _visible(text))):
         seen.setdefault(normalize_tag(match.group(1)), None)
     return tuple(seen)
 
 
 def tokenize(text: str) -> tuple[str, ...]:
     """Model tokens of ``text`` with hashtags removed (they are labels, never input)."""
-    text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
+    text = _visible(text)
     text = _URL.sub(f" {URL_TOKEN} ", text)
     text = _MENTION.sub(f" {USER_TOKEN} ", text)
     text = _HASHTAG.sub(" ", text)

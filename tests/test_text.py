@@ -3,6 +3,7 @@ from tagspace.text import (
     URL_TOKEN,
     USER_TOKEN,
     extract_hashtags,
+    normalize_tag,
     parse_post_text,
     tokenize,
 )
@@ -38,3 +39,11 @@ def test_hash_inside_words_and_urls_is_not_a_tag():
 def test_empty_and_whitespace():
     assert tokenize("") == ()
     assert parse_post_text("   #only #tags ").tokens == ()
+
+
+def test_invisible_characters_are_removed_before_hashtags_are_extracted():
+    # a joiner inside a hashtag used to end it: label "foo", and "bar" lost from both sides
+    parsed = parse_post_text("#foo\u200dbar baz")
+    assert parsed.hashtags == ("foobar",) and parsed.tokens == ("baz",)
+    assert extract_hashtags("\ufeff#zero\u200bwidth #nyc\ufe0f") == ("zerowidth", "nyc")
+    assert normalize_tag("#Snow\u200c") == "snow"
