@@ -1,9 +1,10 @@
 """Personalized document recommendation with post embeddings (paper section 4.3).
 
 For each user with >= 2 posts in time order, the history is all but the last post and the target
-is the last; the target is ranked against ``negatives`` posts drawn (seeded) from other users. A
-candidate's score is the max over the history of the cosine similarity between post
-representations (``../shared/CONTRACT.md``). Scoring is one matrix product per batch of users.
+is the last; the target is ranked against ``negatives`` distinct posts drawn (seeded, without
+replacement) from other users. A candidate's score is the max over the history of the cosine
+similarity between post representations (``../shared/CONTRACT.md``). Scoring is one matrix
+product per batch of users.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class RecommendTask:
     users: list[str]
     histories: list[np.ndarray]
     targets: np.ndarray
-    negatives: np.ndarray  # (U, n_negatives) indices into posts, never the user's own
+    negatives: np.ndarray  # (U, n_negatives) distinct indices into posts, never the user's own
     skipped_users: int  # users with a single post
 
 
@@ -78,19 +79,21 @@ def build_task(
         targets.append(target)
     if not users:
         raise ValueError("no user has both a history and a target post")
-    rng = np.random.default_rng(seed)
-    user_index = {u: i for i, u in enumerate(by_user)}
-    owner = np.array([user_index.get(p.user_id, -1)
-                      for p in pool], np.int64)  # integer owners: fast comparisons
-    if negatives > len(pool) - max(len(v) for v in by_user.values()):
+    if negatives > len(pool) - max(len(by_user[u]) for u in users):
         raise ValueError(f"not enough posts from other users for {negatives} negatives")
-    drawn = rng.integers(len(pool), size=(len(users), negatives))
-    mine = np.array([user_index[u] for u in users], np.int64)[:, None]
-    own = owner[drawn] == mine
-    while own.any():  # redraw the users' own posts: they are never candidates
-        drawn[own] = rng.integers(len(pool), size=int(own.sum()))
-        own = owner[drawn] == mine
+    rng = np.random.default_rng(seed)
+    drawn = np.stack([_draw_others(len(pool), np.asarray(by_user[u]), negatives, rng)
+                      for u in users])
     return RecommendTask(pool, users, histories, np.asarray(targets, np.int64), drawn, skipped)
+
+
+def _draw_others(n_pool: int, own: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` distinct pool indices, uniform over the posts outside ``own`` (sorted ascending).
+
+    Without replacement: a repeated candidate would count twice against the target. A rank among
+    the other posts maps to a pool index by skipping the own posts before it."""
+    ranks = rng.choice(n_pool - len(own), size=k, replace=False)
+    return ranks + np.searchsorted(own - np.arange(len(own)), ranks, side="right")
 
 
 def candidate_matrix(task: RecommendTask) -> np.ndarray:
@@ -132,9 +135,10 @@ def max_cosine_matrix(task: RecommendTask, vectors: Vectors, max_rows: int = 102
 
 
 def metrics_from_scores(scores: np.ndarray) -> RecommendMetrics:
-    """(U, 1 + negatives) scores, target in column 0; its rank counts the candidates scoring
-    strictly higher."""
-    ranks = 1 + np.count_nonzero(scores[:, 1:] > scores[:, :1], axis=1)
+    """(U, 1 + negatives) scores, target in column 0; its rank is 1 + the candidates scoring at
+    least as high. Ties count against the target: a representation that scores everything
+    alike (all-zero BoW rows) must not rank every target first."""
+    ranks = 1 + np.count_nonzero(scores[:, 1:] >= scores[:, :1], axis=1)
     return RecommendMetrics(float(np.mean(ranks == 1)), float(np.mean(ranks <= 10)),
                             float(np.mean(ranks <= 50)), len(ranks))
 

@@ -53,15 +53,48 @@ def test_candidates_are_never_the_users_own_and_are_reproducible():
         assert all(a.posts[i].user_id != user for i in a.negatives[u])
 
 
-def test_metrics_count_candidates_scoring_strictly_higher():
-    # user 0: target best (ties do not count against it); user 1: two candidates above it;
-    # user 2: 11 candidates above, outside R@10
-    scores = np.zeros((3, 12))
+def test_ties_count_against_the_target():
+    # rank = 1 + candidates scoring >= the target. user 0: one candidate ties the best target
+    # (rank 2, not P@1); user 1: two candidates above it; user 2: everything ties at 0, as
+    # all-zero BoW rows do (rank 12, outside R@10); user 3: target strictly best
+    scores = np.zeros((4, 12))
     scores[0] = [9] + [1] * 10 + [9]
     scores[1] = [5, 6, 7] + [1] * 9
-    scores[2] = [0] + [1] * 11
+    scores[3] = [2] + [1] * 11
     m = metrics_from_scores(scores)
-    assert (m.p_at_1, m.r_at_10, m.r_at_50, m.n_users) == (1 / 3, 2 / 3, 1.0, 3)
+    assert (m.p_at_1, m.r_at_10, m.r_at_50, m.n_users) == (1 / 4, 3 / 4, 1.0, 4)
+
+
+def interleaved_posts(n_users=6, per_user=4):
+    """Users' posts spread over the pool (own indices are not contiguous), plus authorless ones."""
+    out = [Post(f"p{u}-{i}", f"u{u}", float(i), ("w",), ()) for i in range(per_user)
+           for u in range(n_users)]
+    return out + [Post(f"anon{i}", None, 0.0, ("w",), ()) for i in range(3)]
+
+
+def test_negatives_are_distinct_and_never_the_users_own():
+    pool = interleaved_posts()  # 27 posts: each user owns 4, so 23 are others'
+    task = build_task(pool, negatives=23, seed=3)
+    for u, user in enumerate(task.users):
+        others = [i for i, p in enumerate(task.posts) if p.user_id != user]
+        assert sorted(task.negatives[u].tolist()) == others  # each other post exactly once
+    task = build_task(pool, negatives=12, seed=4)
+    assert all(len(set(row.tolist())) == 12 for row in task.negatives)
+    with pytest.raises(ValueError, match="not enough posts"):
+        build_task(pool, negatives=24)
+
+
+def test_negative_draw_is_uniform_over_other_users_posts():
+    pool = interleaved_posts()
+    counts = np.zeros(len(pool))
+    for seed in range(400):
+        task = build_task(pool, negatives=5, seed=seed)
+        np.add.at(counts, task.negatives[0], 1)  # user u0's candidates
+    own = [i for i, p in enumerate(pool) if p.user_id == "u0"]
+    assert counts[own].sum() == 0
+    # 400 x 5 draws over 23 posts: about 87 each, binomial sd ~9; 5 sd either side
+    others = np.delete(counts, own)
+    assert others.sum() == 2000 and others.min() > 40 and others.max() < 135
 
 
 def test_mix_weight_is_chosen_by_tuning_quality():
