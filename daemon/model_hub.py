@@ -23,6 +23,12 @@ from tagspace.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tagspace.hogwild import TrainConfig
 from tagspace.model import ModelConfig
 from tagspace.online import Capacity, OnlineTagSpace, restore_online
+from tagspace.personalize import (
+    DEFAULT_WEIGHTS,
+    Personalizer,
+    load_personalization,
+    save_personalization,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,8 @@ class ModelHub:
         self.keep = keep
         self.capacity, self.train = capacity, train
         self.source, self.online, self.version = self._load(capacity, train, fresh)
+        self.personalizer = Personalizer(*load_personalization(
+            self._source_dir, self._source_extra, DEFAULT_WEIGHTS))
         self.version_time = time.time()
         self._lock = threading.Lock()
 
@@ -47,14 +55,17 @@ class ModelHub:
         if latest.is_file():
             path = self.checkpoints / latest.read_text().strip()
             checkpoint = load_checkpoint(path)
+            self._source_dir, self._source_extra = path, checkpoint.extra
             version = int(checkpoint.extra.get("version", 0))
             log.info("resuming from checkpoint %s (version %d)", path, version)
             return "checkpoint", restore_online(checkpoint.tagger, capacity, train), version
         if (self.model_dir / "config.json").is_file():
             checkpoint = load_checkpoint(self.model_dir)
+            self._source_dir, self._source_extra = self.model_dir, checkpoint.extra
             log.info("loaded the trained model in %s", self.model_dir)
             return "trained", restore_online(checkpoint.tagger, capacity, train), 1
         log.info("no model in %s: starting a fresh one", self.model_dir)
+        self._source_dir, self._source_extra = self.model_dir, {}
         return "fresh", OnlineTagSpace.fresh(fresh, capacity, train), 1
 
     def reload_if_newer(self) -> bool:
@@ -68,7 +79,10 @@ class ModelHub:
             return False
         checkpoint = load_checkpoint(self.checkpoints / name)
         online = restore_online(checkpoint.tagger, self.capacity, self.train)
-        self.online, self.version = online, int(checkpoint.extra.get("version", name[1:]))
+        personalizer = Personalizer(*load_personalization(
+            self.checkpoints / name, checkpoint.extra, DEFAULT_WEIGHTS))
+        self.online, self.personalizer = online, personalizer
+        self.version = int(checkpoint.extra.get("version", name[1:]))
         self.version_time = time.time()
         log.info("loaded model version %d published in %s", self.version, self.checkpoints)
         return True
@@ -90,8 +104,12 @@ class ModelHub:
     def _checkpoint(self) -> Path:
         version = self.version + 1
         name = f"v{version:08d}"
-        path = save_checkpoint(self.checkpoints / name,
-                               Checkpoint(self.online.snapshot(), extra={"version": version}))
+        personalizer = self.personalizer  # carried from version to version
+        extra = {"version": version, "personalize": personalizer.weights.to_dict()}
+        path = save_checkpoint(self.checkpoints / name, Checkpoint(self.online.snapshot(),
+                                                                   extra=extra))
+        if personalizer.bow is not None:
+            save_personalization(path, personalizer.bow)
         tmp = self.checkpoints / ".LATEST.tmp"
         tmp.write_text(name + "\n")
         with open(tmp) as f:

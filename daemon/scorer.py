@@ -1,17 +1,18 @@
 """Real-time answers: hashtag suggestions and per-user feeds.
 
 Suggestions rank every tag the live model knows; when the request names the author, their
-hashtag history from Redis personalizes the ranking (``tagspace.personalize``: z-scored content
-score + a x log(1 + times the author used the tag)). Feeds rank the in-memory candidates by max
-cosine similarity over the user's newest history posts (paper section 4.3), never showing the
-user's own posts or posts they interacted with or hid; a user without history gets the freshest
-popular posts (``cold_start``).
+newest tagged posts in Redis personalize the ranking through the library's ``Personalizer``
+(the same terms, weights and IDF as ``tagspace evaluate --personalize``: z-scored content score,
+the author's tag counts, max model and TF-IDF cosine to their past posts with the tag, tag
+popularity). An author with no tagged post gets the content ranking. Feeds rank the in-memory
+candidates by max cosine similarity over the user's newest history posts (paper section 4.3),
+never showing the user's own posts or posts they interacted with or hid; a user without history
+gets the freshest popular posts (``cold_start``).
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,12 +21,11 @@ from daemon.candidates import CandidateIndex
 from daemon.model_hub import ModelHub
 from daemon.store import Store
 from tagspace.dataset import Post
-from tagspace.personalize import AuthorHistory, PersonalizeWeights, combine, history_features
+from tagspace.personalize import AuthorHistory
 from tagspace.recommend import unit_rows
 from tagspace.tagger import top_k
 from tagspace.text import parse_post_text
 
-DEFAULT_WEIGHTS = PersonalizeWeights(count=4.0)  # the middle of the tuning grid's best region
 FRESH_HALF_LIFE_S = 6 * 3600.0  # cold start: popularity discounted by age
 COLD_START_POOL = 5000  # the most liked posts considered for a cold-start feed
 
@@ -38,27 +38,21 @@ class FeedItem:
 
 class Scorer:
     def __init__(self, hub: ModelHub, store: Store, candidates: CandidateIndex,
-                 feed_history: int, weights: PersonalizeWeights = DEFAULT_WEIGHTS):
+                 feed_history: int):
         self.hub, self.store, self.candidates = hub, store, candidates
         self.feed_history = feed_history
-        self.weights = weights
 
     def suggest(self, text: str, k: int, user_id: str | None) -> list[tuple[str, float]]:
-        online = self.hub.online
+        online, version, personalizer = self.hub.online, self.hub.version, self.hub.personalizer
+        tagger = online.tagger
         tokens = parse_post_text(text).tokens
-        scores = online.tagger.scores([Post("", user_id, None, tokens, ())])
-        if user_id:
-            counts = self.store.user_tags(user_id)
-            if counts:  # personalize over the tags in use only (free rows are not tags)
-                active = np.flatnonzero(np.isfinite(scores[0]))
-                history = AuthorHistory(counts=Counter(counts))
-                features = history_features(online.tags, [history])
-                features = type(features)(*(m[:, active] for m in (
-                    features.count, features.similarity, features.lexical)))
-                popularity = np.zeros(len(active), np.float32)
-                mixed = combine(scores[:, active], features, self.weights, popularity)
-                scores = np.full_like(scores, -np.inf)
-                scores[:, active] = mixed
+        scores = tagger.scores([Post("", user_id, None, tokens, ())])
+        past = self.store.authored(user_id) if user_id else []
+        if past:
+            history = AuthorHistory.of_posts((tags, words) for _, tags, words in past)
+            # the model's vectors of this history: reusable until the version or history moves
+            key = (user_id, version, len(past), past[-1][0])
+            scores = personalizer.scores(tagger, scores, [tokens], [history], [key])
         return [(s.tag, s.score) for s in top_k(scores[0], online.tags, k)]
 
     def feed(self, user_id: str, k: int) -> tuple[list[FeedItem], bool]:

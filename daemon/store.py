@@ -9,7 +9,10 @@ Keys (``P`` = the configured prefix; ids come last, so no id can reach another k
 - ``P:hist:{user}`` sorted set: post id -> ts of the user's positive interactions (deduplicated
   by post, newest first when read, capped at ``history_size``).
 - ``P:seen:{user}`` sorted set: posts the user interacted with or hid: never shown again.
-- ``P:utags:{user}`` hash: hashtag -> times the user posted it (personalized suggestions).
+- ``P:utags:{user}`` hash: hashtag -> times the user posted it (all time).
+- ``P:authored:{user}`` list: JSON ``[post_id, tags, tokens]`` of the user's newest tagged
+  posts, newest first, capped at ``authored_size``: the author history that personalizes
+  suggestions (``tagspace.personalize``, the same history ``evaluate --personalize`` builds).
 - ``P:tags`` hash: hashtag -> posts carrying it. ``P:pop`` sorted set: post -> positive
   interactions (cold-start feeds).
 - ``P:event:{event_id}``: an interaction already applied (expires after ``event_ttl_s``).
@@ -37,10 +40,12 @@ import redis
 
 from daemon.records import Interaction
 from tagspace.dataset import Post
+from tagspace.personalize import MAX_HISTORY_POSTS
 
 _ADD_POST = """
--- KEYS: post, recent, tags, utags, arrivals; ARGV: post_id, user, ts, tags_json, tokens_json,
--- emb, ver, recent_cap, write_id, post_ttl, user_ttl, tag...
+-- KEYS: post, recent, tags, utags, arrivals, authored; ARGV: post_id, user, ts, tags_json,
+-- tokens_json, emb, ver, recent_cap, write_id, post_ttl, user_ttl, authored_cap, authored_entry,
+-- tag...
 if redis.call('HSETNX', KEYS[1], 'user', ARGV[2]) == 0 then
   -- 1 when this very write was applied before (a client retry of the same pipeline)
   if redis.call('HGET', KEYS[1], 'wid') == ARGV[9] then return 1 end
@@ -53,11 +58,17 @@ local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[8])
 if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1) end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[10])
-for i = 12, #ARGV do
+for i = 14, #ARGV do
   redis.call('HINCRBY', KEYS[3], ARGV[i], 1)
   redis.call('HINCRBY', KEYS[4], ARGV[i], 1)
 end
-if #ARGV >= 12 then redis.call('EXPIRE', KEYS[4], ARGV[11]) end
+if #ARGV >= 14 then
+  redis.call('EXPIRE', KEYS[4], ARGV[11])
+  -- the author's newest tagged posts (tags and tokens): personalized suggestions
+  redis.call('LPUSH', KEYS[6], ARGV[13])
+  redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[12]) - 1)
+  redis.call('EXPIRE', KEYS[6], ARGV[11])
+end
 return 1
 """
 
@@ -117,12 +128,14 @@ class Store:
     def __init__(self, client: redis.Redis, prefix: str, *, history_size: int = 200,
                  seen_size: int = 5000, recent_posts: int = 100_000,
                  event_ttl_s: int = 7 * 24 * 3600, post_ttl_s: int = 30 * 24 * 3600,
-                 user_ttl_s: int = 90 * 24 * 3600, observe: Observer | None = None):
+                 user_ttl_s: int = 90 * 24 * 3600, authored_size: int = MAX_HISTORY_POSTS,
+                 observe: Observer | None = None):
         self.r = client
         self.p = prefix
         self.history_size, self.seen_size = history_size, seen_size
         self.recent_posts, self.event_ttl_s = recent_posts, event_ttl_s
         self.post_ttl_s, self.user_ttl_s = post_ttl_s, user_ttl_s
+        self.authored_size = authored_size
         self._observe = observe or (lambda op, seconds, failed: None)
         self._add_post = client.register_script(_ADD_POST)
         self._add_interaction = client.register_script(_ADD_INTERACTION)
@@ -140,6 +153,9 @@ class Store:
 
     def user_tags_key(self, user_id: str) -> str:
         return f"{self.p}:utags:{user_id}"
+
+    def authored_key(self, user_id: str) -> str:
+        return f"{self.p}:authored:{user_id}"
 
     def event_key(self, event_id: str) -> str:
         return f"{self.p}:event:{event_id}"
@@ -196,11 +212,14 @@ class Store:
                 continue
             self._add_post(
                 keys=[self.post_key(post.post_id), self.recent_key, self.tags_key,
-                      self.user_tags_key(post.user_id or ""), self.arrivals_key],
+                      self.user_tags_key(post.user_id or ""), self.arrivals_key,
+                      self.authored_key(post.user_id or "")],
                 args=[post.post_id, post.user_id, repr(float(post.ts or 0.0)),
                       json.dumps(list(post.tags)), json.dumps(list(post.tokens)),
                       np.asarray(emb, np.float32).tobytes(), version, self.recent_posts,
-                      write_id, self.post_ttl_s, self.user_ttl_s, *post.tags],
+                      write_id, self.post_ttl_s, self.user_ttl_s, self.authored_size,
+                      json.dumps([post.post_id, list(post.tags), list(post.tokens)]),
+                      *post.tags],
                 client=pipe)
         for e, first in zip(interactions, first_events, strict=True):
             if not first:
@@ -260,6 +279,12 @@ class Store:
     def user_tags(self, user_id: str) -> dict[str, int]:
         raw = self._timed("user_tags", lambda: self.r.hgetall(self.user_tags_key(user_id)))
         return {k.decode(): int(v) for k, v in raw.items()}
+
+    def authored(self, user_id: str) -> list[tuple[str, list[str], list[str]]]:
+        """(post_id, tags, tokens) of the user's newest tagged posts, oldest first."""
+        raw = self._timed("authored", lambda: self.r.lrange(self.authored_key(user_id), 0,
+                                                             self.authored_size - 1))
+        return [tuple(json.loads(entry)) for entry in reversed(raw)]  # type: ignore[misc]
 
     def arrivals_after(self, cursor: str, limit: int) -> list[tuple[str, str]]:
         """(stream id, post id) of posts stored after ``cursor`` ("0": from the start of the

@@ -78,9 +78,10 @@ def train_configs(args: Any, model_name: str) -> tuple[Any, Any, Any]:
 def cmd_train(args: Any) -> int:
     from dataclasses import replace
 
+    from tagspace.bow import BagOfWords
     from tagspace.checkpoint import Checkpoint, check_writable, save_checkpoint
     from tagspace.evaluate import evaluate
-    from tagspace.personalize import AuthorProfiles, tune_weights
+    from tagspace.personalize import AuthorProfiles, save_personalization, tune_weights
     from tagspace.training import build_vocabularies, train_tagger
 
     check_writable(args.out)  # fail now, not after an hour of training
@@ -97,11 +98,11 @@ def cmd_train(args: Any) -> int:
             init = train_tagger(posts, "wsabie", replace(model_cfg, word_tag_share=False),
                                 wsabie_cfg, progress=progress,
                                 vocabularies=vocabs)
-        tagger = train_tagger(
+        tagger = train_tagger(  # logs each epoch unless --quiet
             posts, args.model, model_cfg, train_cfg, progress=progress, vocabularies=vocabs,
-            init_from=init, on_epoch=lambda s: log.info(
-                "epoch %d: loss %.4f, %.0f posts/s", s.epoch, s.loss, s.examples / s.seconds),
+            init_from=init,
         )
+    bow = None
     extra: dict[str, Any] = {"train_seconds": round(timer.seconds, 1),
                              "train_files": [str(p) for p in args.data]}
     if valid:
@@ -111,11 +112,15 @@ def cmd_train(args: Any) -> int:
         extra["valid"] = metrics.to_dict()
         profiles = AuthorProfiles.from_posts(posts)
         if len(profiles) and any(p.user_id for p in valid):
-            weights, _ = tune_weights(tagger, profiles, valid)
+            # the IDF of the lexical term: the training authors' posts, stored with the model
+            bow = BagOfWords([t for h in profiles.histories.values() for t in h.post_tokens])
+            weights, _ = tune_weights(tagger, profiles, valid, bow=bow)
             extra["personalize"] = weights.to_dict()
             log.info("author-history weights tuned on %s: %s", args.valid, weights)
     train_dict = {**train_cfg.to_dict(), "init": args.init if args.model == "tagspace" else None}
     out = save_checkpoint(args.out, Checkpoint(tagger, train_dict, extra))
+    if bow is not None:
+        save_personalization(out, bow)
     print(f"model written to {out} ({timer.seconds:.0f} s to train)")
     return 0
 
@@ -139,20 +144,27 @@ def cmd_evaluate(args: Any) -> int:
 
     checkpoint = load_checkpoint(args.model)
     posts = load_posts([args.data], args.format, require_tags=True)
-    scorer = _maybe_personalized(checkpoint, args.personalize, args.weights, args.format,
+    scorer = _maybe_personalized(checkpoint, args.model, args.personalize, args.weights,
+                                 args.format,
                                  exclude={p.post_id for p in posts})
     metrics = evaluate(scorer, posts, progress=not args.quiet).metrics
     print_metrics(metrics.to_dict(), args.json)
     return 0
 
 
-def _maybe_personalized(checkpoint: Any, files: list[Path], weights: str | None,
+def _maybe_personalized(checkpoint: Any, model_dir: Path, files: list[Path], weights: str | None,
                         fmt: str, exclude: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
     """The model's scorer, plus authors' histories from ``files`` when given.
 
     Posts in ``exclude`` (the evaluated ones) never enter a profile: their own tags are gold.
     """
-    from tagspace.personalize import AuthorProfiles, PersonalizedScorer, PersonalizeWeights
+    from tagspace.personalize import (
+        DEFAULT_WEIGHTS,
+        AuthorProfiles,
+        PersonalizedScorer,
+        PersonalizeWeights,
+        load_personalization,
+    )
 
     if not files:
         return checkpoint.tagger
@@ -162,20 +174,19 @@ def _maybe_personalized(checkpoint: Any, files: list[Path], weights: str | None,
         log.warning("%d profile posts are also evaluated posts: left out of the profiles",
                     len(history) - len(kept))
     profiles = AuthorProfiles.from_posts(kept)
+    chosen, bow = load_personalization(model_dir, checkpoint.extra, DEFAULT_WEIGHTS)
     if weights is not None:
         try:
             chosen = PersonalizeWeights(*(float(x) for x in weights.split(",")))
         except (ValueError, TypeError):
             raise ValueError("--weights must be COUNT,SIMILARITY,LEXICAL,POPULARITY (numbers), "
                              f"got {weights!r}") from None
-    elif "personalize" in checkpoint.extra:
-        chosen = PersonalizeWeights(**checkpoint.extra["personalize"])
-    else:
-        chosen = PersonalizeWeights(count=6.0, lexical=8.0, popularity=0.5)
+    elif "personalize" not in checkpoint.extra:
         log.warning("the model has no tuned author-history weights; using %s (see --weights)",
                     chosen)
-    log.info("personalized by %d author profiles, %s", len(profiles), chosen)
-    return PersonalizedScorer(checkpoint.tagger, profiles, chosen)
+    log.info("personalized by %d author profiles, %s; IDF %s", len(profiles), chosen,
+             "stored with the model" if bow is not None else "fitted on the profiles")
+    return PersonalizedScorer(checkpoint.tagger, profiles, chosen, bow)
 
 
 def _suggest_args(p: argparse.ArgumentParser) -> None:
@@ -202,7 +213,7 @@ def cmd_suggest(args: Any) -> int:
     if args.user and not args.personalize:
         raise ValueError("--user needs --personalize FILE (the posts that form the profiles)")
     checkpoint = load_checkpoint(args.model)
-    scorer = _maybe_personalized(checkpoint, args.personalize, None, args.format)
+    scorer = _maybe_personalized(checkpoint, args.model, args.personalize, None, args.format)
     post = Post("cli", args.user, None, tokenize(args.text), ())
     best = top_k(scorer.scores([post])[0], checkpoint.tagger.tags, args.k)
     for s in best:

@@ -14,21 +14,27 @@ The two max-cosine terms are the feed recommender's max-over-history primitive (
 with the model's post embeddings and with TF-IDF bags of words; the last is the tag's popularity
 in training, which only matters between the author's tags. The weights are tuned on validation
 data only (``tune_weights``); an author with no history gets the content ranking unchanged (all
-author terms are zero, and the popularity term is added for every post alike). The daemon feeds
-the same component from the author's history in Redis.
+author terms are zero, and the popularity term is added for every post alike).
+
+``Personalizer`` is the one implementation: ``evaluate --personalize`` (``PersonalizedScorer``,
+histories from files) and the daemon (histories from Redis) both rank through it, with the
+weights and the IDF stored beside the model (``save_personalization``). Tags that are not in use
+(the free rows of an online vocabulary, scored -inf) take no part in the z-scores.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sps
 
-from tagspace.bow import BagOfWords
+from tagspace.bow import IDF_FILE, BagOfWords
 from tagspace.dataset import Post
 from tagspace.evaluate import TagScorer
 from tagspace.metrics import RankingMetrics, gold_ranks, ranking_metrics
@@ -56,6 +62,11 @@ class PersonalizeWeights:
         return asdict(self)
 
 
+# For a model saved without tuned weights: the region `train --valid` chose on howyoutagtweets
+# and cooking (docs/MODEL.md).
+DEFAULT_WEIGHTS = PersonalizeWeights(count=6.0, lexical=8.0, popularity=0.5)
+
+
 @dataclass
 class AuthorHistory:
     """One author's past: tag counts, and the tags and tokens of each recent past post."""
@@ -64,11 +75,23 @@ class AuthorHistory:
     post_tags: list[tuple[str, ...]] = field(default_factory=list)
     post_tokens: list[tuple[str, ...]] = field(default_factory=list)
 
+    @classmethod
+    def of_posts(cls, posts: Iterable[tuple[Sequence[str], Sequence[str]]]) -> AuthorHistory:
+        """From (tags, tokens) of past posts, oldest first."""
+        history = cls()
+        for tags, tokens in posts:
+            history.add(tags, tokens)
+        return history
+
     def add(self, tags: Sequence[str], tokens: Sequence[str] = ()) -> None:
+        """Append a post; past ``MAX_HISTORY_POSTS`` the oldest leaves, counts included."""
         self.counts.update(tags)
         self.post_tags.append(tuple(tags))
         self.post_tokens.append(tuple(tokens))
-        del self.post_tags[:-MAX_HISTORY_POSTS], self.post_tokens[:-MAX_HISTORY_POSTS]
+        if len(self.post_tags) > MAX_HISTORY_POSTS:
+            self.counts.subtract(self.post_tags.pop(0))
+            self.post_tokens.pop(0)
+            self.counts = +self.counts  # drop tags now at zero
 
 
 class AuthorProfiles:
@@ -153,9 +176,18 @@ def combine(
     content: np.ndarray, features: HistoryFeatures, weights: PersonalizeWeights,
     popularity: np.ndarray,
 ) -> np.ndarray:
-    """z(content) + the weighted author features + g * popularity, all (P, N)."""
-    mean = content.mean(axis=1, keepdims=True)
-    std = content.std(axis=1, keepdims=True)
+    """z(content) + the weighted author features + g * popularity, all (P, N).
+
+    Columns scored -inf (rows that hold no tag) stay -inf and are left out of the z-scores."""
+    finite = np.isfinite(content)
+    if finite.all():
+        mean = content.mean(axis=1, keepdims=True)
+        std = content.std(axis=1, keepdims=True)
+    else:
+        n = np.maximum(finite.sum(axis=1, keepdims=True), 1)
+        safe = np.where(finite, content, 0.0)
+        mean = safe.sum(axis=1, keepdims=True) / n
+        std = np.sqrt((np.where(finite, safe - mean, 0.0) ** 2).sum(axis=1, keepdims=True) / n)
     out = ((content - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
     for name in ("count", "similarity", "lexical"):
         w = getattr(weights, name)
@@ -167,59 +199,108 @@ def combine(
     return out
 
 
-class PersonalizedScorer:
-    """A ``TagScorer`` that adds the author's history to another scorer's content scores."""
+def tag_popularity(tags: Vocabulary) -> np.ndarray:
+    """log(1 + count(t)) for every row of ``tags`` (0 for rows that hold no tag)."""
+    return np.log1p(np.asarray(tags.counts, np.float32))
 
-    def __init__(self, content: TagScorer, profiles: AuthorProfiles, weights: PersonalizeWeights):
+
+class Personalizer:
+    """The personalized ranking of ``tagspace.personalize``, for any content scorer.
+
+    ``bow`` is the TF-IDF space of the lexical term (None: that term is off). Unit vectors of an
+    author's past posts are cached under the caller's key (an author id offline; the author,
+    the model version and the history's newest post in the daemon), at most ``cache_size``.
+    """
+
+    def __init__(self, weights: PersonalizeWeights, bow: BagOfWords | None,
+                 cache_size: int = 10_000):
+        self.weights = weights
+        self.bow = bow
+        self.cache_size = cache_size
+        self._past_vectors: OrderedDict[tuple[str, Hashable], Any] = OrderedDict()
+
+    def scores(self, content: TagScorer, content_scores: np.ndarray,
+               token_lists: Sequence[Sequence[str]],
+               histories: Sequence[AuthorHistory | None],
+               keys: Sequence[Hashable]) -> np.ndarray:
+        """(P, N): ``content_scores`` (from ``content``) re-ranked by each post's author."""
+        features = self.features(content, token_lists, histories, keys)
+        popularity = tag_popularity(content.tags) if self.weights.popularity else \
+            np.zeros(0, np.float32)
+        return combine(content_scores, features, self.weights, popularity)
+
+    def features(self, content: TagScorer, token_lists: Sequence[Sequence[str]],
+                 histories: Sequence[AuthorHistory | None], keys: Sequence[Hashable],
+                 all_terms: bool = False) -> HistoryFeatures:
+        """The author features; ``all_terms``: every term, even those weighted 0 (tuning)."""
+        model_sims = lexical_sims = None
+        embed: EmbedFn | None = getattr(content, "embed_tokens", None)
+        if embed is not None and (all_terms or self.weights.similarity) and any(histories):
+            query = unit_rows(_embed(embed, token_lists))
+            model_sims = [None if h is None else self._past("model", key, h, embed) @ query[i]
+                          for i, (h, key) in enumerate(zip(histories, keys, strict=True))]
+        if self.bow is not None and (all_terms or self.weights.lexical) and any(histories):
+            bow_query = self.bow.transform(token_lists)
+            lexical_sims = [
+                None if h is None
+                else (self._past("bow", key, h, embed) @ bow_query[i].T).toarray()[:, 0]
+                for i, (h, key) in enumerate(zip(histories, keys, strict=True))]
+        return history_features(content.tags, histories, model_sims, lexical_sims)
+
+    def _past(self, kind: str, key: Hashable, history: AuthorHistory,
+              embed: EmbedFn | None) -> Any:
+        """Unit vectors of the author's past posts (dense for the model, sparse TF-IDF)."""
+        cache_key = (kind, key)
+        vectors = self._past_vectors.get(cache_key)
+        if vectors is None:
+            if kind == "model":
+                assert embed is not None
+                vectors = unit_rows(_embed(embed, history.post_tokens))
+            else:
+                assert self.bow is not None
+                vectors = self.bow.transform(history.post_tokens)
+            self._past_vectors[cache_key] = vectors
+            if len(self._past_vectors) > self.cache_size:
+                self._past_vectors.popitem(last=False)
+        else:
+            self._past_vectors.move_to_end(cache_key)
+        return vectors
+
+
+class PersonalizedScorer:
+    """A ``TagScorer`` that adds the author's history (``profiles``) to another scorer's
+    content scores. ``bow``: the model's stored IDF; by default one fitted on every history
+    post (for models saved without one)."""
+
+    def __init__(self, content: TagScorer, profiles: AuthorProfiles, weights: PersonalizeWeights,
+                 bow: BagOfWords | None = None):
         self.content = content
         self.tags = content.tags
         self.profiles = profiles
-        self.weights = weights
-        self.popularity = np.log1p(np.asarray(content.tags.counts, np.float32))
-        self._embed: EmbedFn | None = getattr(content, "embed_tokens", None)
-        self._bow: BagOfWords | None = None
-        self._history_vectors: dict[tuple[str, str], object] = {}
+        if bow is None:
+            bow = BagOfWords([t for h in profiles.histories.values() for t in h.post_tokens])
+        self.personalizer = Personalizer(weights, bow, cache_size=len(profiles) + 1)
 
     @property
     def name(self) -> str:
         return f"{getattr(self.content, 'name', 'model')} + author"
 
+    @property
+    def weights(self) -> PersonalizeWeights:
+        return self.personalizer.weights
+
     def scores(self, posts: Sequence[Post]) -> np.ndarray:
-        return combine(self.content.scores(posts), self.features(posts), self.weights,
-                       self.popularity)
+        return self.personalizer.scores(self.content, self.content.scores(posts),
+                                        [p.tokens for p in posts], self._histories(posts),
+                                        [p.user_id for p in posts])
 
     def features(self, posts: Sequence[Post], all_terms: bool = False) -> HistoryFeatures:
-        histories = [self.profiles.get(p.user_id) for p in posts]
-        model_sims = lexical_sims = None
-        if self._embed is not None and (all_terms or self.weights.similarity):
-            query = unit_rows(_embed(self._embed, [p.tokens for p in posts]))
-            model_sims = [None if h is None else self._past("model", p.user_id, h) @ query[i]
-                          for i, (p, h) in enumerate(zip(posts, histories, strict=True))]
-        if all_terms or self.weights.lexical:
-            bow = self._bag_of_words()
-            query = bow.transform([p.tokens for p in posts])
-            lexical_sims = [
-                None if h is None
-                else (self._past("bow", p.user_id, h) @ query[i].T).toarray()[:, 0]
-                for i, (p, h) in enumerate(zip(posts, histories, strict=True))]
-        return history_features(self.tags, histories, model_sims, lexical_sims)
+        return self.personalizer.features(self.content, [p.tokens for p in posts],
+                                          self._histories(posts), [p.user_id for p in posts],
+                                          all_terms)
 
-    def _bag_of_words(self) -> BagOfWords:
-        if self._bow is None:  # IDF from every history post
-            corpus = [t for h in self.profiles.histories.values() for t in h.post_tokens]
-            self._bow = BagOfWords(corpus)
-        return self._bow
-
-    def _past(self, kind: str, user_id: str | None, history: AuthorHistory):  # type: ignore[no-untyped-def]
-        """Unit vectors of the author's past posts, computed once per author and kind."""
-        key = (kind, user_id or "")
-        if key not in self._history_vectors:
-            if kind == "model":
-                assert self._embed is not None
-                self._history_vectors[key] = unit_rows(_embed(self._embed, history.post_tokens))
-            else:
-                self._history_vectors[key] = self._bag_of_words().transform(history.post_tokens)
-        return self._history_vectors[key]
+    def _histories(self, posts: Sequence[Post]) -> list[AuthorHistory | None]:
+        return [self.profiles.get(p.user_id) for p in posts]
 
 
 def _embed(embed: EmbedFn, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
@@ -227,23 +308,41 @@ def _embed(embed: EmbedFn, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
                            for i in range(0, len(token_lists), 1024)])
 
 
+def save_personalization(model_dir: Path, bow: BagOfWords) -> None:
+    """Store the IDF beside a model (its weights live in the checkpoint's ``extra``)."""
+    bow.save(Path(model_dir) / IDF_FILE)
+
+
+def load_personalization(model_dir: Path, extra: dict[str, Any],
+                         default: PersonalizeWeights) -> tuple[PersonalizeWeights,
+                                                               BagOfWords | None]:
+    """The tuned weights (``default`` when the model has none) and the stored IDF (None when
+    the model was saved without one)."""
+    weights = PersonalizeWeights(**extra["personalize"]) if "personalize" in extra else default
+    path = Path(model_dir) / IDF_FILE
+    return weights, BagOfWords.load(path) if path.is_file() else None
+
+
 def tune_weights(
     content: TagScorer,
     profiles: AuthorProfiles,
     valid: Sequence[Post],
     grid: dict[str, Sequence[float]] = GRID,
+    bow: BagOfWords | None = None,
 ) -> tuple[PersonalizeWeights, dict[PersonalizeWeights, RankingMetrics]]:
-    """The grid weights with the best P@1 + R@10 on ``valid`` (never the test posts).
+    """The grid weights with the best P@1 + R@10 on ``valid`` (never the test posts), with
+    ``bow`` as the lexical term's IDF (default: fitted on the profiles, as ``PersonalizedScorer``).
 
     Content scores and author features are computed once; each grid point is one re-ranking.
     """
     valid = [p for p in valid if p.tags]
     if not valid:
         raise ValueError("no validation post with tags to tune on")
-    scorer = PersonalizedScorer(content, profiles, PersonalizeWeights())
+    scorer = PersonalizedScorer(content, profiles, PersonalizeWeights(), bow)
     grid = dict(grid)
-    if scorer._embed is None:
+    if getattr(content, "embed_tokens", None) is None:
         grid["similarity"] = (0.0,)
+    popularity = tag_popularity(content.tags)
     gold = [np.asarray(content.tags.encode(p.tags), np.int64) for p in valid]
     unknown = [len(p.tags) - len(g) for p, g in zip(valid, gold, strict=True)]
     chunks = []
@@ -257,7 +356,7 @@ def tune_weights(
         weights = PersonalizeWeights(*values)
         ranks: list[np.ndarray] = []
         for scores, features, start, n in chunks:
-            ranks += gold_ranks(combine(scores, features, weights, scorer.popularity),
+            ranks += gold_ranks(combine(scores, features, weights, popularity),
                                 gold[start : start + n])
         results[weights] = ranking_metrics(ranks, unknown, len(content.tags))
     best = max(results, key=lambda w: (results[w].p_at_1 + results[w].r_at_10,

@@ -89,3 +89,39 @@ def test_tuning_picks_weights_that_help_on_validation():
     best, results = tune_weights(FixedScorer(), profiles, valid, grid)
     assert results[PersonalizeWeights()].p_at_1 < results[best].p_at_1 == 1.0
     assert best == PersonalizeWeights(count=4.0)
+
+
+def test_history_counts_cover_only_the_newest_max_history_posts():
+    from tagspace.personalize import MAX_HISTORY_POSTS
+
+    history = AuthorHistory.of_posts([(("old",), ("a",))] * 5 +
+                                     [(("new",), ("b",))] * MAX_HISTORY_POSTS)
+    assert len(history.post_tags) == MAX_HISTORY_POSTS
+    assert history.counts == Counter({"new": MAX_HISTORY_POSTS})  # 'old' left with its posts
+    history.add(("old",), ("a",))
+    assert history.counts == Counter({"new": MAX_HISTORY_POSTS - 1, "old": 1})
+
+
+def test_rows_that_hold_no_tag_take_no_part_in_the_z_scores():
+    features = history_features(TAGS, [None])
+    full = combine(np.array([[3.0, 1.0, 2.0]]), features, PersonalizeWeights(), np.zeros(3))
+    padded_tags = Vocabulary(["news", "cats", "nyc", "<free:3>"], [10, 5, 1, 0])
+    masked = combine(np.array([[3.0, 1.0, 2.0, -np.inf]]), history_features(padded_tags, [None]),
+                     PersonalizeWeights(), np.zeros(4))
+    np.testing.assert_allclose(masked[0, :3], full[0], rtol=1e-6)
+    assert masked[0, 3] == -np.inf
+
+
+def test_the_idf_stored_beside_a_model_round_trips_exactly(tmp_path):
+    from tagspace.bow import BagOfWords
+    from tagspace.personalize import load_personalization, save_personalization
+
+    bow = BagOfWords([("kitten", "photo"), ("subway", "delay", "delay"), ("tab\there",)])
+    save_personalization(tmp_path, bow)
+    weights, loaded = load_personalization(tmp_path, {"personalize": {"count": 2.0}},
+                                           PersonalizeWeights())
+    assert weights == PersonalizeWeights(count=2.0)
+    docs = [("kitten", "delay", "unknown"), ("tab\there", "photo")]
+    assert (bow.transform(docs) != loaded.transform(docs)).nnz == 0
+    assert load_personalization(tmp_path / "none", {}, PersonalizeWeights(lexical=1.0)) == \
+        (PersonalizeWeights(lexical=1.0), None)

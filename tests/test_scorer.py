@@ -1,0 +1,174 @@
+"""The daemon's Scorer without servers: personalized suggestions rank exactly as the library's
+``evaluate --personalize`` does for the same history, and feeds keep their promises."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from daemon.candidates import CandidateView
+from daemon.scorer import Scorer
+from tagspace.bow import BagOfWords
+from tagspace.dataset import Post
+from tagspace.hogwild import TrainConfig
+from tagspace.model import ModelConfig, TagSpaceModel
+from tagspace.online import Capacity, restore_online
+from tagspace.personalize import (
+    AuthorProfiles,
+    PersonalizedScorer,
+    Personalizer,
+    PersonalizeWeights,
+)
+from tagspace.tagger import Tagger
+from tagspace.text import parse_post_text
+from tagspace.vocab import Vocabulary
+
+WORDS = ["pasta", "sauce", "garlic", "goal", "match", "team", "rain", "cloud", "sun", "bake"]
+TAGS = ["food", "sport", "weather", "italy", "football", "baking"]
+TRAIN = TrainConfig(lr=0.05, batch_size=4, negatives=4, positives="all")
+
+
+def trained_like_tagger(seed: int = 0) -> Tagger:
+    """A small model with random weights and word-tag sharing: scores are arbitrary but fixed."""
+    from tagspace.checkpoint import WORD_SPECIALS
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(seed)
+    words = Vocabulary(WORDS, list(range(len(WORDS), 0, -1)), WORD_SPECIALS)
+    tags = Vocabulary(TAGS, [9, 7, 5, 3, 2, 1])
+    config = ModelConfig(encoder="conv", dim=8, hidden=16, kernel=3, dropout=0.0,
+                         n_words=len(words), n_tags=len(tags), word_tag_share=True)
+    model = TagSpaceModel(config)
+    model.link_words_to_tags(words.tokens, {t: i for i, t in enumerate(tags.tokens)})
+    return Tagger(model, words, tags)
+
+
+class FakeStore:
+    """The author histories the daemon would read from Redis, oldest first."""
+
+    def __init__(self, authored: dict[str, list[tuple[str, list[str], list[str]]]]):
+        self._authored = authored
+        self.reads = 0
+
+    def authored(self, user_id: str) -> list[tuple[str, list[str], list[str]]]:
+        self.reads += 1
+        return self._authored.get(user_id, [])
+
+
+HISTORY = [
+    ("h1", ["food", "italy"], "pasta sauce garlic"),
+    ("h2", ["food"], "garlic bake"),
+    ("h3", ["sport", "football"], "goal match"),
+    ("h4", ["weather"], "rain cloud"),
+    ("h5", ["italy"], "pasta sun"),
+]
+QUERIES = ["pasta with garlic", "the match and the goal", "rain again", "sun bake team"]
+
+
+def scorers(weights: PersonalizeWeights):
+    tagger = trained_like_tagger()
+    history_posts = [Post(pid, "u", float(i), parse_post_text(text).tokens, tuple(tags))
+                     for i, (pid, tags, text) in enumerate(HISTORY)]
+    bow = BagOfWords([p.tokens for p in history_posts])
+    offline = PersonalizedScorer(tagger, AuthorProfiles.from_posts(history_posts), weights, bow)
+    # the daemon's model: the same weights inside tables grown to capacity (free rows)
+    online = restore_online(tagger, Capacity(words=40, tags=20, min_word_count=1,
+                                             min_tag_count=1), TRAIN)
+    hub = SimpleNamespace(online=online, version=3, personalizer=Personalizer(weights, bow))
+    store = FakeStore({"u": [(p.post_id, list(p.tags), list(p.tokens)) for p in history_posts]})
+    return offline, Scorer(hub, store, candidates=None, feed_history=10), store
+
+
+@pytest.mark.parametrize("weights", [
+    PersonalizeWeights(count=6.0, similarity=2.0, lexical=8.0, popularity=0.5),
+    PersonalizeWeights(count=2.0),
+    PersonalizeWeights(similarity=4.0, lexical=4.0),
+])
+def test_served_suggestions_rank_exactly_as_evaluate_personalize(weights):
+    offline, scorer, _ = scorers(weights)
+    for text in QUERIES:
+        tokens = parse_post_text(text).tokens
+        row = offline.scores([Post("q", "u", None, tokens, ())])[0]
+        expected = [TAGS[i] for i in np.argsort(-row, kind="stable")]
+        served = scorer.suggest(text, k=len(TAGS), user_id="u")
+        assert [t for t, _ in served] == expected
+        np.testing.assert_allclose([s for _, s in served], np.sort(row)[::-1], rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_the_history_changes_the_ranking_and_a_new_author_gets_the_content_ranking():
+    offline, scorer, _ = scorers(PersonalizeWeights(count=8.0))
+    content = scorer.hub.online.tagger.scores(
+        [Post("", None, None, parse_post_text("rain again").tokens, ())])[0][:len(TAGS)]
+    by_content = [TAGS[i] for i in np.argsort(-content, kind="stable")]
+    assert [t for t, _ in scorer.suggest("rain again", len(TAGS), "stranger")] == by_content
+    assert [t for t, _ in scorer.suggest("rain again", len(TAGS), None)] == by_content
+    personal = [t for t, _ in scorer.suggest("rain again", len(TAGS), "u")]
+    # used twice each by this author: 8 x log 3 outweighs any z-scored content difference
+    assert set(personal[:2]) == {"food", "italy"}
+    assert personal != by_content
+
+
+def test_free_rows_are_never_suggested_and_k_is_honoured():
+    _, scorer, _ = scorers(PersonalizeWeights(count=2.0))
+    served = scorer.suggest("pasta", k=50, user_id="u")
+    assert sorted(t for t, _ in served) == sorted(TAGS)  # 6 tags in use, 20 rows
+    assert len(scorer.suggest("pasta", k=2, user_id="u")) == 2
+
+
+def test_one_redis_read_per_personalized_request():
+    _, scorer, store = scorers(PersonalizeWeights(count=2.0, similarity=2.0, lexical=2.0))
+    scorer.suggest("pasta", k=3, user_id="u")
+    scorer.suggest("pasta", k=3, user_id="u")
+    assert store.reads == 2
+
+
+class FeedStore:
+    def __init__(self, seen=(), history=(), popular=None):
+        self._seen, self._history, self._popular = set(seen), list(history), popular or {}
+
+    def seen(self, user_id):
+        return self._seen
+
+    def history(self, user_id, limit):
+        return self._history[:limit]
+
+    def posts(self, post_ids, with_tokens=False):
+        return [self.stored[p] for p in post_ids]
+
+    def most_popular(self, limit):
+        return self._popular
+
+
+def feed_scorer(store, vectors, authors):
+    ids = [f"c{i}" for i in range(len(vectors))]
+    codes = {a: i for i, a in enumerate(sorted(set(authors)))}
+    view = CandidateView(ids, np.array([codes[a] for a in authors], np.int64),
+                         np.full(len(ids), 1e9), np.asarray(vectors, np.float32),
+                         {p: i for i, p in enumerate(ids)}, codes)
+    candidates = SimpleNamespace(snapshot=lambda: view)
+    hub = SimpleNamespace(version=1)
+    return Scorer(hub, store, candidates, feed_history=10)
+
+
+def test_feed_ranks_by_max_cosine_and_skips_own_and_seen_posts():
+    from daemon.store import StoredPost
+
+    vectors = [[1, 0], [0.8, 0.6], [0, 1], [-1, 0], [0.6, 0.8]]
+    authors = ["a", "b", "me", "b", "b"]
+    store = FeedStore(seen={"c0"}, history=["h"])
+    store.stored = {"h": StoredPost("h", "x", 0.0, [], [], np.array([1.0, 0.0], np.float32), 1)}
+    items, cold = feed_scorer(store, vectors, authors).feed("me", k=10)
+    assert not cold
+    # c0 seen, c2 the user's own; the rest by cosine to the one history post (1, 0)
+    assert [i.post_id for i in items] == ["c1", "c4", "c3"]
+    np.testing.assert_allclose([i.score for i in items], [0.8, 0.6, -1.0], atol=1e-6)
+
+
+def test_feed_without_history_is_a_cold_start_by_popularity():
+    vectors = [[1, 0], [0, 1], [1, 1]]
+    store = FeedStore(popular={"c2": 50.0, "c1": 3.0})
+    items, cold = feed_scorer(store, vectors, ["a", "b", "c"]).feed("new", k=2)
+    assert cold and [i.post_id for i in items] == ["c2", "c1"]
