@@ -12,6 +12,7 @@ import random
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from daemon.records import POSITIVE_KINDS
@@ -161,9 +162,7 @@ def test_suggest_and_its_validation(stream):
     body = ok.json()
     assert len(body["tags"]) == 5 and isinstance(body["model_version"], int)
     assert body["tags"][0]["score"] >= body["tags"][-1]["score"]
-    personal = httpx.post(base + "/v1/suggest",
-                          json={"text": "fluffy pancakes batter", "k": 5, "user_id": "a1"})
-    assert personal.status_code == 200
+    assert_personalized_as_the_library_ranks(stream, "a1", "fluffy pancakes batter")
     for bad in ({"text": "x", "k": 0}, {"text": "x", "k": 10_000}, {"k": 3},
                 {"text": "x" * 6000}, {"text": "x", "extra": 1}, {"text": 5}):
         r = httpx.post(base + "/v1/suggest", json=bad)
@@ -172,6 +171,46 @@ def test_suggest_and_its_validation(stream):
     assert r.status_code == 422 and "error" in r.json()
     r = httpx.post(base + "/v1/suggest", content=b"{" + b" " * 70_000 + b"}")
     assert r.status_code == 413 and "error" in r.json()
+
+
+def assert_personalized_as_the_library_ranks(stream, user: str, text: str) -> None:
+    """The served personalized ranking is the one ``evaluate --personalize`` computes for the
+    author's stored posts, with the live model once training has gone quiet."""
+    from dataclasses import replace
+
+    from tagspace.dataset import Post
+    from tagspace.personalize import AuthorProfiles, PersonalizedScorer
+    from tagspace.text import parse_post_text
+
+    d = stream["daemon"]
+    first = {}
+    for record in stream["post_values"]:  # the first record of an id is the one stored
+        if isinstance(record, dict):
+            first.setdefault(record["post_id"], record)
+    authored = [r for r in first.values() if r["user_id"] == user and r["tags"]]
+    assert authored, "the author has tagged posts in the stream"
+    stored = d.store.authored(user)
+    assert sorted(pid for pid, _, _ in stored) == sorted(r["post_id"] for r in authored)
+    wait_until(lambda: d.trainer.queue.empty(), 60, "training queue drained")
+    steps = -1
+    while steps != d.trainer.steps:  # no step in flight: the model holds still
+        steps = d.trainer.steps
+        time.sleep(0.5)
+    profiles = AuthorProfiles.from_posts(
+        Post(pid, user, float(i), tuple(tokens), tuple(tags))
+        for i, (pid, tags, tokens) in enumerate(stored))
+    personalizer = d.hub.personalizer
+    weights = personalizer.weights if personalizer.bow is not None \
+        else replace(personalizer.weights, lexical=0.0)  # a fresh model stores no IDF
+    library = PersonalizedScorer(d.hub.online.tagger, profiles, weights, personalizer.bow)
+    row = library.scores([Post("q", user, None, parse_post_text(text).tokens, ())])[0]
+    expected = [d.hub.online.tags.tokens[i] for i in np.argsort(-row, kind="stable")[:10]]
+    personal = httpx.post(stream["base"] + "/v1/suggest",
+                          json={"text": text, "k": 10, "user_id": user})
+    assert personal.status_code == 200
+    assert [t["tag"] for t in personal.json()["tags"]] == expected
+    content = httpx.post(stream["base"] + "/v1/suggest", json={"text": text, "k": 10})
+    assert [t["tag"] for t in content.json()["tags"]] != expected  # the history mattered
 
 
 def test_feed_excludes_own_and_seen_posts_and_cold_starts(stream):
