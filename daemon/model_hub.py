@@ -58,12 +58,14 @@ class ModelHub:
             self._source_dir, self._source_extra = path, checkpoint.extra
             version = int(checkpoint.extra.get("version", 0))
             log.info("resuming from checkpoint %s (version %d)", path, version)
-            return "checkpoint", restore_online(checkpoint.tagger, capacity, train), version
+            return "checkpoint", restore_online(checkpoint.tagger, capacity, train,
+                                                checkpoint.arrays), version
         if (self.model_dir / "config.json").is_file():
             checkpoint = load_checkpoint(self.model_dir)
             self._source_dir, self._source_extra = self.model_dir, checkpoint.extra
             log.info("loaded the trained model in %s", self.model_dir)
-            return "trained", restore_online(checkpoint.tagger, capacity, train), 1
+            return "trained", restore_online(checkpoint.tagger, capacity, train,
+                                             checkpoint.arrays), 1
         log.info("no model in %s: starting a fresh one", self.model_dir)
         self._source_dir, self._source_extra = self.model_dir, {}
         return "fresh", OnlineTagSpace.fresh(fresh, capacity, train), 1
@@ -78,7 +80,7 @@ class ModelHub:
         if not name.startswith("v") or int(name[1:]) <= self.version:
             return False
         checkpoint = load_checkpoint(self.checkpoints / name)
-        online = restore_online(checkpoint.tagger, self.capacity, self.train)
+        online = restore_online(checkpoint.tagger, self.capacity, self.train, checkpoint.arrays)
         personalizer = Personalizer(*load_personalization(
             self.checkpoints / name, checkpoint.extra, DEFAULT_WEIGHTS))
         self.online, self.personalizer = online, personalizer
@@ -106,8 +108,9 @@ class ModelHub:
         name = f"v{version:08d}"
         personalizer = self.personalizer  # carried from version to version
         extra = {"version": version, "personalize": personalizer.weights.to_dict()}
-        path = save_checkpoint(self.checkpoints / name, Checkpoint(self.online.snapshot(),
-                                                                   extra=extra))
+        tagger, arrays = self.online.snapshot_state()  # with the rows' last-seen clocks
+        path = save_checkpoint(self.checkpoints / name, Checkpoint(tagger, extra=extra,
+                                                                   arrays=arrays))
         if personalizer.bow is not None:
             save_personalization(path, personalizer.bow)
         tmp = self.checkpoints / ".LATEST.tmp"

@@ -5,6 +5,8 @@ Layout (``FORMAT_VERSION`` 1):
     words.tsv          word vocabulary, one ``token<TAB>count`` per id
     tags.tsv           tag vocabulary
     weights.safetensors
+    arrays.safetensors optional: named per-row state beside the weights (an online model's
+                       last-seen clocks, ``words.last_seen`` and ``tags.last_seen``)
 A directory is written beside the target and renamed into place, so readers never see half of one.
 """
 
@@ -18,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_arrays
+from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file, save_file
 
 from tagspace.model import ModelConfig, TagSpaceModel
@@ -27,6 +32,7 @@ from tagspace.vocab import PAD, UNK, Vocabulary
 
 FORMAT_VERSION = 1
 WORD_SPECIALS = (PAD, UNK)
+ARRAYS = "arrays.safetensors"
 
 
 @dataclass
@@ -34,6 +40,7 @@ class Checkpoint:
     tagger: Tagger
     train: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # arrays.safetensors
 
 
 def check_writable(out: str | Path) -> Path:
@@ -63,6 +70,9 @@ def save_checkpoint(out: str | Path, checkpoint: Checkpoint) -> Path:
         tagger.tags.save(tmp / "tags.tsv")
         weights = {k: v.detach().contiguous() for k, v in tagger.model.state_dict().items()}
         save_file(weights, str(tmp / "weights.safetensors"))
+        if checkpoint.arrays:
+            save_arrays({k: np.ascontiguousarray(v) for k, v in checkpoint.arrays.items()},
+                        str(tmp / ARRAYS))
         for f in tmp.iterdir():
             _fsync(f)
         _fsync(tmp)
@@ -113,7 +123,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state = load_file(str(path / "weights.safetensors"))
         model.load_state_dict(state, strict=True)  # a shape mismatch names the tensor
         tagger = Tagger(model, words, tags)
+        arrays = load_arrays(str(path / ARRAYS)) if (path / ARRAYS).is_file() else {}
     except (OSError, KeyError, TypeError, AttributeError, RuntimeError, ValueError,
             SafetensorError) as e:
         raise ValueError(f"{path}: cannot load the model: {e}") from e
-    return Checkpoint(tagger, config.get("train", {}), config.get("extra", {}))
+    return Checkpoint(tagger, config.get("train", {}), config.get("extra", {}), arrays)

@@ -10,7 +10,7 @@ embed with it while workers update it, lock-free as in Hogwild.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,22 +165,43 @@ class OnlineTagSpace:
 
     def snapshot(self) -> Tagger:
         """A consistent copy for checkpointing: vocabularies and weights taken together."""
+        return self.snapshot_state()[0]
+
+    def snapshot_state(self) -> tuple[Tagger, dict[str, np.ndarray]]:
+        """``snapshot`` and, taken with it, the per-row state a checkpoint keeps beside the
+        weights (``Checkpoint.arrays``): when each word and tag was last seen, so that eviction
+        resumes in the same order after a restart."""
         with self._vocab_lock:
             model = TagSpaceModel(self.model.config)
             model.load_state_dict(self.model.state_dict())
             n = len(WORD_SPECIALS)
             words = Vocabulary(self.words.tokens[n:], self.words.counts[n:], WORD_SPECIALS)
             tags = Vocabulary(list(self.tags.tokens), list(self.tags.counts))
-        return Tagger(model, words, tags)
+            arrays = {"words.last_seen": self.words.last_seen.copy(),
+                      "tags.last_seen": self.tags.last_seen.copy()}
+        return Tagger(model, words, tags), arrays
 
 
-def restore_online(tagger: Tagger, capacity: Capacity, train: TrainConfig) -> OnlineTagSpace:
+def restore_online(tagger: Tagger, capacity: Capacity, train: TrainConfig,
+                   arrays: Mapping[str, np.ndarray] | None = None,
+                   clock: float = 0.0) -> OnlineTagSpace:
     """From a checkpoint written by ``snapshot`` (free rows as placeholders) or by
-    ``tagspace train`` (exact vocabularies, grown here to capacity)."""
-    words = OnlineVocabulary.restore(tagger.words, capacity.words, capacity.min_word_count)
-    tags = OnlineVocabulary.restore(tagger.tags, capacity.tags, capacity.min_tag_count)
+    ``tagspace train`` (exact vocabularies, grown here to capacity).
+
+    ``arrays`` (``Checkpoint.arrays``) gives the rows' last-seen clocks; without them every
+    token counts as last seen at ``clock`` (by default before any post of the stream)."""
+    arrays = arrays or {}
+    words = OnlineVocabulary.restore(tagger.words, capacity.words, capacity.min_word_count,
+                                     _clocks(arrays, "words", len(tagger.words)), clock)
+    tags = OnlineVocabulary.restore(tagger.tags, capacity.tags, capacity.min_tag_count,
+                                    _clocks(arrays, "tags", len(tagger.tags)), clock)
     model = _grow(tagger.model, len(words), len(tags))
     return OnlineTagSpace(Tagger(model, words, tags), capacity, train)
+
+
+def _clocks(arrays: Mapping[str, np.ndarray], kind: str, rows: int) -> np.ndarray | None:
+    clocks = arrays.get(f"{kind}.last_seen")
+    return clocks if clocks is not None and len(clocks) == rows else None
 
 
 def _sized(config: ModelConfig, n_words: int, n_tags: int) -> ModelConfig:

@@ -3,10 +3,11 @@
 The lookup tables are allocated once at ``capacity`` rows; a row is either a token or free. An
 unknown token is counted (pending) and admitted once it has been seen ``min_count`` times: it
 takes a free row, or, when the table is full, the row of the least-recently-seen token (which is
-evicted). The caller re-initialises the rows of admitted tokens. This is the usual streaming
-recipe (count-min admission + LRU eviction, as in Twitter's and Monolith's online embedding
-tables): memory is fixed, rare noise never enters, and a new hashtag becomes usable as soon as it
-is frequent enough.
+evicted; among tokens last seen at the same time, the one seen least often goes first). The
+caller re-initialises the rows of admitted tokens. This is the usual streaming recipe (count-min
+admission + LRU eviction, as in Twitter's and Monolith's online embedding tables): memory is
+fixed, rare noise never enters, and a new hashtag becomes usable as soon as it is frequent
+enough.
 """
 
 from __future__ import annotations
@@ -51,13 +52,24 @@ class OnlineVocabulary(Vocabulary):
             del self._ids[placeholder]
         self.last_seen = np.zeros(capacity)
         self.last_seen[: len(base.specials)] = np.inf  # specials are never evicted
+        self._count_arr = np.zeros(capacity, np.int64)  # counts, as an array (eviction ties)
+        self._count_arr[: len(self.counts)] = self.counts
         self.pending: Counter[str] = Counter()
         self.evictions = 0
 
     @classmethod
-    def restore(cls, saved: Vocabulary, capacity: int, min_count: int = 2) -> OnlineVocabulary:
+    def restore(cls, saved: Vocabulary, capacity: int, min_count: int = 2,
+                last_seen: np.ndarray | None = None, clock: float = 0.0) -> OnlineVocabulary:
         """From a saved vocabulary: a snapshot of an online one (free rows as placeholders,
-        rows kept) or a plain one; ``capacity`` rows at least."""
+        rows kept) or a plain one; ``capacity`` rows at least.
+
+        ``last_seen`` (one clock per saved row, as saved by ``OnlineTagSpace.snapshot_state``)
+        keeps the eviction order across a restart. Without it (a ``tagspace train`` vocabulary)
+        every token is last seen at ``clock``: tokens the stream does not bring again go first,
+        the rarest of them first (ties are broken by count), never simply in id order.
+        """
+        if last_seen is not None and len(last_seen) != len(saved):
+            raise ValueError(f"{len(last_seen)} clocks for a vocabulary of {len(saved)}")
         known = [(t, c) for t, c in zip(saved.tokens, saved.counts, strict=True)
                  if t not in saved.specials]
         capacity = max(capacity, len(saved))
@@ -65,7 +77,8 @@ class OnlineVocabulary(Vocabulary):
         for row, (token, count) in enumerate(known, len(saved.specials)):
             if not token.startswith(FREE_PREFIX):
                 vocab._assign(row, token)
-                vocab.counts[row] = count
+                vocab._set_count(row, count)
+                vocab.last_seen[row] = clock if last_seen is None else float(last_seen[row])
         vocab._free = [r for r in range(capacity - 1, len(saved.specials) - 1, -1)
                        if not vocab.active[r]]
         return vocab
@@ -84,7 +97,7 @@ class OnlineVocabulary(Vocabulary):
         for token in dict.fromkeys(tokens):  # once per post
             row = self._ids.get(token)
             if row is not None:
-                self.counts[row] += 1
+                self._set_count(row, self.counts[row] + 1)
                 self.last_seen[row] = max(self.last_seen[row], clock)
                 continue
             if token.startswith(FREE_PREFIX):
@@ -102,14 +115,26 @@ class OnlineVocabulary(Vocabulary):
         if self._free:
             row = self._free.pop()
         else:
-            row = int(np.argmin(self.last_seen))
+            row = self._victim()
             evicted = self.tokens[row]
             del self._ids[evicted]
             self.evictions += 1
         self._assign(row, token)
-        self.counts[row] = count
+        self._set_count(row, count)
         self.last_seen[row] = clock
         return Admission(row, token, evicted)
+
+    def _victim(self) -> int:
+        """The least recently seen row; among those seen last at the same time, the least
+        counted (rare tokens go before frequent ones), then the lowest row."""
+        oldest = np.flatnonzero(self.last_seen == self.last_seen.min())
+        if len(oldest) == 1:
+            return int(oldest[0])
+        return int(oldest[np.argmin(self._count_arr[oldest])])
+
+    def _set_count(self, row: int, count: int) -> None:
+        self.counts[row] = count
+        self._count_arr[row] = count
 
     def _assign(self, row: int, token: str) -> None:
         self.tokens[row] = token
