@@ -1,4 +1,4 @@
-"""Evaluate any tag scorer on posts with the contract's metrics, batched, with a progress bar."""
+"""Evaluate any tag scorer on posts with the contract's metrics, batched, with progress shown."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 from tagspace.dataset import Post
 from tagspace.metrics import RankingMetrics, gold_ranks, ranking_metrics
+from tagspace.progress import progress_bar
 from tagspace.vocab import Vocabulary
 
 
@@ -44,7 +44,7 @@ def evaluate(
     n_tags = len(scorer.tags)
     known, unknown = [], []
     best, mean = np.empty(len(posts)), np.empty(len(posts))
-    bar = tqdm(total=len(posts), desc=desc, unit="post", disable=not progress, leave=False)
+    bar = progress_bar(len(posts), desc, unit="post", disable=not progress)
     for start in range(0, len(posts), batch_size):
         chunk = posts[start : start + batch_size]
         gold = [np.asarray(scorer.tags.encode(p.tags), np.int64) for p in chunk]

@@ -13,6 +13,7 @@ from tagspace.checkpoint import WORD_SPECIALS
 from tagspace.dataset import Post
 from tagspace.hogwild import EpochStats, HogwildTrainer, TrainConfig
 from tagspace.model import ModelConfig, TagSpaceModel
+from tagspace.progress import is_terminal
 from tagspace.tagger import Tagger
 from tagspace.vocab import Vocabulary
 
@@ -69,8 +70,25 @@ def train_tagger(
     data = EncodedPosts.encode(posts, words, tags)
     pad_id, unk_id = special_ids(words)
     trainer = HogwildTrainer(model, train_config, pad_id, unk_id)
-    trainer.fit(data, on_epoch=on_epoch, progress=progress, desc=model_name)
+    if progress:
+        on_epoch = _logging_epochs(model_name, train_config.epochs, on_epoch)
+    # Hogwild's own bar is a tqdm bar: only on a terminal, else the epoch lines are the progress.
+    trainer.fit(data, on_epoch=on_epoch, progress=progress and is_terminal(), desc=model_name)
     return Tagger(model, words, tags)
+
+
+def _logging_epochs(
+    name: str, epochs: int, then: Callable[[EpochStats], None] | None
+) -> Callable[[EpochStats], None]:
+    """``then``, after one log line per epoch: what a log file keeps of training progress."""
+
+    def on_epoch(s: EpochStats) -> None:
+        log.info("%s epoch %d/%d: loss %.4f, %.0f posts/s, %.1f s", name, s.epoch, epochs,
+                 s.loss, s.examples / max(s.seconds, 1e-9), s.seconds)
+        if then is not None:
+            then(s)
+
+    return on_epoch
 
 
 def _copy_lookup_tables(

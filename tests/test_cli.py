@@ -163,8 +163,10 @@ def test_personalize_drops_only_the_evaluated_posts_themselves(tmp_path, caplog)
     tags = Vocabulary.build([[f"tag{i}"] for i in range(6)])
     checkpoint = SimpleNamespace(tagger=FrequencyScorer(tags), extra={})
     evaluated = {p.post_id for p in read_posts(valid)}
-    scorer = _maybe_personalized(checkpoint, [train], None, "auto", exclude=evaluated)
+    scorer = _maybe_personalized(checkpoint, tmp_path, [train], None, "auto",
+                                 exclude=evaluated)
     assert len(scorer.profiles) == 6  # unrelated profile posts all kept
     assert "also evaluated posts" not in caplog.text
-    scorer = _maybe_personalized(checkpoint, [valid], None, "auto", exclude=evaluated)
+    scorer = _maybe_personalized(checkpoint, tmp_path, [valid], None, "auto",
+                                 exclude=evaluated)
     assert len(scorer.profiles) == 0  # the evaluated file itself never forms a profile
