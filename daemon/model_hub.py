@@ -54,14 +54,14 @@ class ModelHub:
         latest = self.checkpoints / "LATEST"
         if latest.is_file():
             path = self.checkpoints / latest.read_text().strip()
-            checkpoint = load_checkpoint(path)
+            checkpoint = load_checkpoint(path, keep_free_rows=True)
             self._source_dir, self._source_extra = path, checkpoint.extra
             version = int(checkpoint.extra.get("version", 0))
             log.info("resuming from checkpoint %s (version %d)", path, version)
             return "checkpoint", restore_online(checkpoint.tagger, capacity, train,
                                                 checkpoint.arrays), version
         if (self.model_dir / "config.json").is_file():
-            checkpoint = load_checkpoint(self.model_dir)
+            checkpoint = load_checkpoint(self.model_dir, keep_free_rows=True)
             self._source_dir, self._source_extra = self.model_dir, checkpoint.extra
             log.info("loaded the trained model in %s", self.model_dir)
             return "trained", restore_online(checkpoint.tagger, capacity, train,
@@ -79,7 +79,7 @@ class ModelHub:
         name = latest.read_text().strip()
         if not name.startswith("v") or int(name[1:]) <= self.version:
             return False
-        checkpoint = load_checkpoint(self.checkpoints / name)
+        checkpoint = load_checkpoint(self.checkpoints / name, keep_free_rows=True)
         online = restore_online(checkpoint.tagger, self.capacity, self.train, checkpoint.arrays)
         personalizer = Personalizer(*load_personalization(
             self.checkpoints / name, checkpoint.extra, DEFAULT_WEIGHTS))

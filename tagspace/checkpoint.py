@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file, save_file
 
 from tagspace.model import ModelConfig, TagSpaceModel
+from tagspace.online_vocab import FREE_PREFIX
 from tagspace.tagger import Tagger
 from tagspace.vocab import PAD, UNK, Vocabulary
 
@@ -103,8 +105,13 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a model directory; any problem with it is a ValueError naming the directory."""
+def load_checkpoint(path: str | Path, keep_free_rows: bool = False) -> Checkpoint:
+    """Load a model directory; any problem with it is a ValueError naming the directory.
+
+    A checkpoint of the daemon's online model has free rows (``<free:N>`` placeholders in its
+    vocabularies): they are dropped, so the model ranks and counts only the tags in use, unless
+    ``keep_free_rows`` (the daemon's own restore, which keeps every token at its row).
+    """
     path = Path(path)
     if not (path / "config.json").is_file() and (_old(path) / "config.json").is_file():
         path = _old(path)  # a save was interrupted between its two renames
@@ -119,12 +126,43 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model_config = ModelConfig(**config["model"])
         words = Vocabulary.load(path / "words.tsv", WORD_SPECIALS)
         tags = Vocabulary.load(path / "tags.tsv")
-        model = TagSpaceModel(model_config)
         state = load_file(str(path / "weights.safetensors"))
+        arrays = load_arrays(str(path / ARRAYS)) if (path / ARRAYS).is_file() else {}
+        if not keep_free_rows:
+            model_config, words, tags, state, arrays = _without_free_rows(
+                model_config, words, tags, state, arrays)
+        model = TagSpaceModel(model_config)
         model.load_state_dict(state, strict=True)  # a shape mismatch names the tensor
         tagger = Tagger(model, words, tags)
-        arrays = load_arrays(str(path / ARRAYS)) if (path / ARRAYS).is_file() else {}
     except (OSError, KeyError, TypeError, AttributeError, RuntimeError, ValueError,
             SafetensorError) as e:
         raise ValueError(f"{path}: cannot load the model: {e}") from e
     return Checkpoint(tagger, config.get("train", {}), config.get("extra", {}), arrays)
+
+
+def _without_free_rows(
+    config: ModelConfig, words: Vocabulary, tags: Vocabulary, state: dict[str, torch.Tensor],
+    arrays: dict[str, np.ndarray],
+) -> tuple[ModelConfig, Vocabulary, Vocabulary, dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """The same model with only the rows that hold a token (ids renumbered in row order)."""
+    keep_w = [i for i, t in enumerate(words.tokens) if not t.startswith(FREE_PREFIX)]
+    keep_t = [i for i, t in enumerate(tags.tokens) if not t.startswith(FREE_PREFIX)]
+    if len(keep_w) == len(words) and len(keep_t) == len(tags):
+        return config, words, tags, state, arrays
+    if not keep_t:
+        raise ValueError("the online model has no tag in use yet")
+    n = len(words.specials)
+    words = Vocabulary([words.tokens[i] for i in keep_w[n:]],
+                       [words.counts[i] for i in keep_w[n:]], words.specials)
+    tags = Vocabulary([tags.tokens[i] for i in keep_t], [tags.counts[i] for i in keep_t])
+    rows_w, rows_t = torch.tensor(keep_w), torch.tensor(keep_t)
+    new_tag = torch.full((config.n_tags,), -1, dtype=torch.long)
+    new_tag[rows_t] = torch.arange(len(keep_t))
+    link = state["word_to_tag"][rows_w]
+    state = state | {"word_emb": state["word_emb"][rows_w], "tag_emb": state["tag_emb"][rows_t],
+                     "word_to_tag": torch.where(link >= 0, new_tag[link.clamp_min(0)], -1)}
+    arrays = {k: (v[keep_w] if k.startswith("words.") and len(v) == config.n_words else
+                  v[keep_t] if k.startswith("tags.") and len(v) == config.n_tags else v)
+              for k, v in arrays.items()}
+    values = config.to_dict() | {"n_words": len(keep_w), "n_tags": len(keep_t)}
+    return ModelConfig(**values), words, tags, state, arrays  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import torch
 from tagspace.batch import MAX_TOKENS, make_batch, special_ids
 from tagspace.dataset import Post
 from tagspace.model import TagSpaceModel
+from tagspace.online_vocab import FREE_PREFIX
 from tagspace.text import tokenize
 from tagspace.vocab import UNK, Vocabulary
 
@@ -31,6 +32,10 @@ class Tagger:
         self.words = words
         self.tags = tags
         self.pad_id, self.unk_id = special_ids(words)
+        # A plain vocabulary can still hold free rows' placeholders (a snapshot of an online
+        # model): they are never tags. An online vocabulary says which rows are in use itself.
+        placeholders = [i for i, t in enumerate(tags.tokens) if t.startswith(FREE_PREFIX)]
+        self._free_rows = np.asarray(placeholders, np.int64) if placeholders else None
 
     @property
     def name(self) -> str:
@@ -63,6 +68,8 @@ class Tagger:
         active = self.tags.active_mask()
         if active is not None:
             scores[:, ~active] = -np.inf  # free rows of an online vocabulary are not tags
+        elif self._free_rows is not None:
+            scores[:, self._free_rows] = -np.inf
         return scores
 
     def suggest(self, text: str, k: int = 10) -> list[Suggestion]:

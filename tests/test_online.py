@@ -89,8 +89,8 @@ def test_a_new_tag_becomes_suggestible_and_a_checkpoint_round_trips(tmp_path):
     assert np.mean([h.hit_at_1 for h in hits]) > 0.9  # the old topics are still known
 
     save_checkpoint(tmp_path / "m", Checkpoint(online.snapshot()))
-    back = restore_online(load_checkpoint(tmp_path / "m").tagger, Capacity(words=64, tags=16),
-                          online.train_config)
+    back = restore_online(load_checkpoint(tmp_path / "m", keep_free_rows=True).tagger,
+                          Capacity(words=64, tags=16), online.train_config)
     assert back.tags.index("rust") == online.tags.index("rust")
     assert back.tags.size == online.tags.size == 4
     assert [s.tag for s in back.tagger.suggest("cargo crate borrow", k=1)] == ["rust"]
@@ -115,3 +115,46 @@ def test_top_k_selection_matches_a_stable_sort_ties_by_id():
             row = rng.integers(0, 5, n).astype(float)  # many ties
             expected = [vocab.tokens[i] for i in np.argsort(-row, kind="stable")[:7]]
             assert [s.tag for s in top_k(row, vocab, 7)] == expected
+
+
+def daemon_checkpoint(tmp_path):
+    """A checkpoint as the daemon writes it: 3 tags in use among 16 rows, free rows saved as
+    placeholders."""
+    online = small_model(words=64, tags=16, min_word_count=1, min_tag_count=1)
+    stream = topics(60)
+    for i in range(0, len(stream), 6):
+        for p in stream[i:i + 6]:
+            online.observe(p, clock=float(i))
+        online.train(stream[i:i + 6])
+    save_checkpoint(tmp_path / "m", Checkpoint(online.snapshot()))
+    return online, tmp_path / "m"
+
+
+def test_a_loaded_daemon_checkpoint_ranks_and_counts_only_the_tags_in_use(tmp_path):
+    from tagspace.evaluate import evaluate
+
+    online, path = daemon_checkpoint(tmp_path)
+    assert any(t.startswith("<free:") for t in (path / "tags.tsv").read_text().split())
+    tagger = load_checkpoint(path).tagger
+    assert sorted(tagger.tags.tokens) == ["food", "sport", "tech"]
+    assert [s.tag for s in tagger.suggest("pasta garlic", k=10)][0] == "food"
+    assert len(tagger.suggest("pasta garlic", k=10)) == 3  # never a free row
+    np.testing.assert_allclose(  # the same scores for the tags in use
+        tagger.scores(topics(3))[:, [tagger.tags.index(t) for t in ("food", "sport", "tech")]],
+        online.tagger.scores(topics(3))[:, [online.tags.index(t) for t in ("food", "sport",
+                                                                             "tech")]],
+        rtol=1e-5)
+    # an unknown gold tag ranks N + 1, N the tags in use (not the 16 rows)
+    unknown = [post(0, "pasta sauce", ["never_seen"])]
+    assert evaluate(tagger, unknown, progress=False).metrics.mean_rank == 4
+    # the daemon's own restore keeps every row in place
+    kept = load_checkpoint(path, keep_free_rows=True).tagger
+    assert len(kept.tags) == 16 and kept.tags.tokens == online.tags.tokens
+
+
+def test_a_snapshot_never_suggests_its_free_rows():
+    online = small_model(words=64, tags=16, min_word_count=1, min_tag_count=1)
+    for p in topics(6):
+        online.observe(p, clock=0.0)
+    snapshot = online.snapshot()  # plain vocabularies, placeholders included
+    assert {s.tag for s in snapshot.suggest("pasta garlic", k=10)} == {"food", "sport", "tech"}
