@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tagspace.cli import Timer, add_format, load_posts, print_metrics
+from tagspace.cli_prequential import cmd_prequential, prequential_args
 
 log = logging.getLogger("tagspace")
 
@@ -320,4 +321,6 @@ COMMANDS: dict[str, Command] = {
                 _compare_args),
     "eval-recommend": (cmd_eval_recommend, "document recommendation by max cosine over each "
                        "user's history (paper section 4.3)", _eval_recommend_args),
+    "prequential": (cmd_prequential, "online quality: replay posts through the online learner, "
+                    "test then train, and report the P@1 / R@10 curve", prequential_args),
 }

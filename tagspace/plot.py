@@ -35,3 +35,25 @@ def plot_compare(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_prequential(runs: list[tuple[str, Any]], path: Path) -> None:
+    """Windowed prequential P@1 and R@10 against tagged posts seen, one line per run
+    (``runs``: (label, ``PrequentialReport``))."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, title in ((axes[0], "p_at_1", "P@1"), (axes[1], "r_at_10", "R@10")):
+        for label, report in runs:
+            ax.plot([p.posts for p in report.curve], [getattr(p, key) for p in report.curve],
+                    label=label)
+        ax.set_xlabel("tagged posts seen")
+        ax.set_title(f"prequential {title} (each post scored before training on it)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
