@@ -210,12 +210,15 @@ def _sized(config: ModelConfig, n_words: int, n_tags: int) -> ModelConfig:
 
 
 def _grow(model: TagSpaceModel, n_words: int, n_tags: int) -> TagSpaceModel:
-    """The same model with lookup tables of (at least) the given sizes; new rows random."""
+    """The same model with lookup tables of (at least) the given sizes (new rows random) and
+    dropout off: online posts are seen once, and the Hogwild workers train their encoders in
+    training mode (a ``tagspace train`` model usually has dropout 0.5)."""
     config = model.config
-    if config.n_words >= n_words and config.n_tags >= n_tags:
+    if config.n_words >= n_words and config.n_tags >= n_tags and config.dropout == 0.0:
         return model
-    grown = TagSpaceModel(_sized(config, max(n_words, config.n_words),
-                                 max(n_tags, config.n_tags)))
+    grown = TagSpaceModel(ModelConfig(**(config.to_dict() | {  # type: ignore[arg-type]
+        "n_words": max(n_words, config.n_words), "n_tags": max(n_tags, config.n_tags),
+        "dropout": 0.0})))
     state = model.state_dict()
     with torch.no_grad():
         grown.word_emb[: config.n_words] = state.pop("word_emb")

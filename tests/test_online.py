@@ -158,3 +158,36 @@ def test_a_snapshot_never_suggests_its_free_rows():
         online.observe(p, clock=0.0)
     snapshot = online.snapshot()  # plain vocabularies, placeholders included
     assert {s.tag for s in snapshot.suggest("pasta garlic", k=10)} == {"food", "sport", "tech"}
+
+
+def test_the_daemon_trains_a_tagspace_train_model_without_dropout(tmp_path):
+    import torch
+
+    from daemon.model_hub import ModelHub
+    from tagspace.checkpoint import WORD_SPECIALS
+    from tagspace.model import TagSpaceModel
+    from tagspace.tagger import Tagger
+
+    config = ModelConfig(encoder="conv", dim=16, hidden=32, kernel=3, dropout=0.5,
+                         n_words=6, n_tags=2)
+    words = Vocabulary(["pasta", "goal", "the", "a"], [5, 5, 9, 9], WORD_SPECIALS)
+    trained = Tagger(TagSpaceModel(config), words, Vocabulary(["food", "sport"], [5, 5]))
+    save_checkpoint(tmp_path / "trained", Checkpoint(trained))
+    train = TrainConfig(lr=0.05, batch_size=8, negatives=50, positives="all")
+    hub = ModelHub(tmp_path / "trained", Capacity(words=64, tags=16), train, config)
+    online = hub.online
+    assert hub.source == "trained" and online.model.config.dropout == 0.0
+    worker = online._worker()  # the encoder a Hogwild step trains, in training mode
+    assert worker.encoder.training
+    ids, mask = online.tagger._batch([["pasta", "the", "a"]] * 4)
+    with torch.no_grad():
+        x = online.model.word_emb[ids]
+        first, second = worker.encoder(x, mask), worker.encoder(x, mask)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)  # no dropout mask
+    embs = [online.tagger.embed_tokens([["pasta", "the"]]) for _ in range(2)]
+    torch.testing.assert_close(embs[0], embs[1], rtol=0, atol=0)
+    # the weights are the trained ones
+    torch.testing.assert_close(online.model.word_emb[:6], trained.model.word_emb)
+    # and a checkpoint of it says dropout 0
+    hub.checkpoint()
+    assert load_checkpoint(hub.checkpoints / "v00000002").tagger.model.config.dropout == 0.0
