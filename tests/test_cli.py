@@ -32,24 +32,39 @@ def model_dir(small_files, tmp_path_factory) -> Path:
     return out
 
 
-def test_evaluate_writes_contract_json(model_dir, small_files, tmp_path, capsys):
+def test_evaluate_writes_what_the_library_computes(model_dir, small_files, tmp_path, capsys):
+    from tagspace.baselines import FrequencyScorer
+    from tagspace.checkpoint import load_checkpoint
+    from tagspace.dataset import read_posts
+    from tagspace.evaluate import evaluate
+
     out = tmp_path / "m.json"
     assert main(["evaluate", "--model", str(model_dir), "--data", str(small_files[1]),
                  "--json", str(out), "--quiet"]) == 0
     metrics = json.loads(out.read_text())
     assert set(metrics) == {"p_at_1", "r_at_10", "mean_rank", "p_at_1_known", "r_at_10_known",
                             "mean_rank_known", "n_posts", "n_gold_tags"}
-    assert metrics["n_posts"] == 200 and 0 <= metrics["p_at_1"] <= 1
-    assert "p_at_1" in capsys.readouterr().out
+    tagger = load_checkpoint(model_dir).tagger
+    posts = list(read_posts(small_files[1], require_tags=True))
+    assert metrics == evaluate(tagger, posts, progress=False).metrics.to_dict()
+    assert f"p_at_1           {metrics['p_at_1']:.4f}" in capsys.readouterr().out
+    # one epoch on 800 posts already learns: P@1 about 0.29 and R@10 about 0.41 over seeds
+    # (0.275-0.305, 0.40-0.43), against 0.10 and 0.23 for the most frequent tags
+    frequency = evaluate(FrequencyScorer(tagger.tags), posts, progress=False).metrics
+    assert metrics["p_at_1"] > 2 * frequency.p_at_1
+    assert metrics["r_at_10"] > frequency.r_at_10 + 0.1
 
 
-def test_suggest_prints_k_known_tags(model_dir, capsys):
-    assert main(["suggest", "--model", str(model_dir), "--k", "3", "--quiet",
-                 "how do I keep bread fresh?"]) == 0
+def test_suggest_prints_the_models_best_tags(model_dir, capsys):
+    from tagspace.checkpoint import load_checkpoint
+
+    text = "how do I keep bread fresh?"
+    assert main(["suggest", "--model", str(model_dir), "--k", "3", "--quiet", text]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and all(line.startswith("#") for line in lines)
-    tags = set((model_dir / "tags.tsv").read_text().split())
-    assert all(line.split("\t")[0][1:] in tags for line in lines)
+    best = load_checkpoint(model_dir).tagger.suggest(text, k=3)
+    assert lines == [f"#{s.tag}\t{s.score:.4f}" for s in best]
+    assert best[0].score > best[1].score > best[2].score
+    assert lines[0].startswith("#bread\t")  # top for every seed tried, well ahead of #baking
 
 
 def test_personalized_evaluate_on_authored_posts(tmp_path):
