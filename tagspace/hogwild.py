@@ -65,6 +65,18 @@ class StepStats:
     loss: float
     violating: int
     trials: float
+    stale_rows: int = 0  # rows not updated: given to another token during the step
+
+
+@dataclass
+class PendingStep:
+    """A step's gradients, computed by ``HogwildWorker.forward`` and not applied yet."""
+
+    stats: StepStats
+    word_rows: torch.Tensor  # the lookup-table rows the gradients are for
+    tag_rows: torch.Tensor
+    params: list[torch.Tensor]  # the dense parameters, in the order of grads[2:]
+    grads: tuple[torch.Tensor, ...]  # () when no example violates: nothing to apply
 
 
 class HogwildWorker:
@@ -92,9 +104,16 @@ class HogwildWorker:
         self._tag_acc = torch.zeros(model.tag_emb.shape[0])
         # Rows negatives are drawn from (None: all). An online vocabulary sets its used rows.
         self.negative_pool: np.ndarray | None = None
+        # Online vocabularies: per row of the word and tag tables, the generation at which its
+        # current token got it (see ``apply``). None: rows never change hands.
+        self.row_generation: tuple[np.ndarray, np.ndarray] | None = None
 
     def step(self, word_ids: Sequence[np.ndarray], gold: Sequence[np.ndarray]) -> StepStats:
         """One WARP step on a batch of posts, each with >= 1 known tag id in ``gold``."""
+        return self.apply(self.forward(word_ids, gold))
+
+    def forward(self, word_ids: Sequence[np.ndarray], gold: Sequence[np.ndarray]) -> PendingStep:
+        """The loss and gradients of one step, nothing applied yet (``apply`` does)."""
         cfg = self.config
         words, tags = self.model.word_emb.data, self.model.tag_emb.data
         n_tags = tags.shape[0]
@@ -153,19 +172,45 @@ class HogwildWorker:
             loss = (torch.from_numpy(weights[hit]).float() * hinge).sum()
             stats = WarpStats(float(loss.detach()), n_hit, float(trials.mean()))
 
+        params = list(self.encoder.parameters())
+        if self.copy_weight.requires_grad and cfg.warp == "block":
+            params.append(self.copy_weight)
+        grads: tuple[torch.Tensor, ...] = ()
         if stats.violating:
-            params = list(self.encoder.parameters())
-            if self.copy_weight.requires_grad and cfg.warp == "block":
-                params.append(self.copy_weight)
-            grads = torch.autograd.grad(loss, [x_rows, t_rows, *params])
-            with torch.no_grad():
-                self._adagrad_rows(words, self._word_acc, word_rows, grads[0])
-                self._adagrad_rows(tags, self._tag_acc, tag_rows, grads[1])
-                for p, acc, g in zip(params, [*self._dense_acc, self._copy_acc], grads[2:],
-                                     strict=False):
-                    acc.addcmul_(g, g)
-                    p.addcdiv_(g, acc.sqrt().add_(1e-8), value=-cfg.lr)
-        return StepStats(len(gold), stats.loss, stats.violating, stats.trials)
+            grads = tuple(torch.autograd.grad(loss, [x_rows, t_rows, *params]))
+        return PendingStep(StepStats(len(gold), stats.loss, stats.violating, stats.trials),
+                           word_rows, tag_rows, params, grads)
+
+    def apply(self, pending: PendingStep, since: tuple[int, int] | None = None) -> StepStats:
+        """Apply a step's AdaGrad updates to the shared model.
+
+        With ``since`` (the word and tag vocabularies' generations read before the batch was
+        encoded), rows whose generation is newer were evicted and given to another token while
+        the step ran: they are not updated (the gradient is the old token's), and count in
+        ``stale_rows``.
+        """
+        stats = pending.stats
+        if not pending.grads:
+            return stats
+        word_rows, tag_rows = pending.word_rows, pending.tag_rows
+        word_grad, tag_grad = pending.grads[0], pending.grads[1]
+        if since is not None and self.row_generation is not None:
+            word_gen, tag_gen = self.row_generation
+            fresh_w = torch.from_numpy(word_gen[word_rows.numpy()] <= since[0])
+            fresh_t = torch.from_numpy(tag_gen[tag_rows.numpy()] <= since[1])
+            stats.stale_rows = int((~fresh_w).sum() + (~fresh_t).sum())
+            if stats.stale_rows:
+                word_rows, word_grad = word_rows[fresh_w], word_grad[fresh_w]
+                tag_rows, tag_grad = tag_rows[fresh_t], tag_grad[fresh_t]
+        cfg = self.config
+        with torch.no_grad():
+            self._adagrad_rows(self.model.word_emb.data, self._word_acc, word_rows, word_grad)
+            self._adagrad_rows(self.model.tag_emb.data, self._tag_acc, tag_rows, tag_grad)
+            for p, acc, g in zip(pending.params, [*self._dense_acc, self._copy_acc],
+                                 pending.grads[2:], strict=False):
+                acc.addcmul_(g, g)
+                p.addcdiv_(g, acc.sqrt().add_(1e-8), value=-cfg.lr)
+        return stats
 
     def _adagrad_rows(
         self, table: torch.Tensor, acc: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor

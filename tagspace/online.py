@@ -39,6 +39,7 @@ class OnlineStep:
     examples: int
     loss: float
     trials: float  # WARP draws per example
+    stale_rows: int = 0  # rows not updated: evicted and given to another token meanwhile
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,10 @@ class OnlineTagSpace:
                     for a in new_tags:
                         model.tag_emb.data[a.row] = emb / emb.norm().clamp_min(1e-8) * norm
                 self._relink(new_words, new_tags)
+            # stamped again now that the rows hold their new weights: a step that began
+            # before this point never applies an update to them
+            self.words.renew(a.row for a in new_words)
+            self.tags.renew(a.row for a in new_tags)
             self._pool = np.flatnonzero(self.tags.active)
             for worker in self._workers.values():
                 worker.reset_rows([a.row for a in new_words], [a.row for a in new_tags])
@@ -139,6 +144,7 @@ class OnlineTagSpace:
     def train(self, posts: Sequence[Post]) -> OnlineStep:
         """One WARP step on the calling thread's worker (Hogwild: threads never wait for each
         other's updates)."""
+        since = (self.words.generation, self.tags.generation)  # before encoding: see apply
         words, gold = [], []
         for post in posts:
             tags = np.asarray(self.tags.encode(post.tags), np.int64)
@@ -148,8 +154,9 @@ class OnlineTagSpace:
                 gold.append(tags)
         if not gold or len(self._pool) < 2:
             return OnlineStep(0, 0.0, 0.0)
-        stats = self._worker().step(words, gold)
-        return OnlineStep(stats.examples, stats.loss, stats.trials)
+        worker = self._worker()
+        stats = worker.apply(worker.forward(words, gold), since)
+        return OnlineStep(stats.examples, stats.loss, stats.trials, stats.stale_rows)
 
     def _worker(self) -> HogwildWorker:
         key = threading.get_ident()
@@ -160,6 +167,7 @@ class OnlineTagSpace:
                 worker = HogwildWorker(self.model, self.train_config, self._next_rank,
                                        self.tagger.pad_id, self.tagger.unk_id)
                 worker.negative_pool = self._pool
+                worker.row_generation = (self.words.row_generation, self.tags.row_generation)
                 self._workers[key] = worker
         return worker
 

@@ -56,6 +56,12 @@ class OnlineVocabulary(Vocabulary):
         self._count_arr[: len(self.counts)] = self.counts
         self.pending: Counter[str] = Counter()
         self.evictions = 0
+        # Row generations: ``generation`` counts the times a row got a new token, and each row
+        # keeps the count at which its token got it. A Hogwild step reads ``generation`` before
+        # encoding its batch and skips the rows renewed since (their gradient is another
+        # token's).
+        self.generation = 0
+        self.row_generation = np.zeros(capacity, np.int64)
 
     @classmethod
     def restore(cls, saved: Vocabulary, capacity: int, min_count: int = 2,
@@ -122,7 +128,15 @@ class OnlineVocabulary(Vocabulary):
         self._assign(row, token)
         self._set_count(row, count)
         self.last_seen[row] = clock
+        self.renew([row])
         return Admission(row, token, evicted)
+
+    def renew(self, rows: Iterable[int]) -> None:
+        """Mark rows as holding something new (a token, re-initialised weights): steps that
+        began before do not update them."""
+        for row in rows:
+            self.generation += 1
+            self.row_generation[row] = self.generation
 
     def _victim(self) -> int:
         """The least recently seen row; among those seen last at the same time, the least
