@@ -158,7 +158,7 @@ class HogwildWorker:
             pos_scores = (post * tags[pos_t]).sum(1)
             negs, weights, trials = sample_sequential_negatives(
                 post.detach(), pos_scores.detach(), tags, list(gold), cfg.margin,
-                cfg.negatives, self.rng,
+                cfg.negatives, self.rng, pool=self.negative_pool,
             )
             hit = negs >= 0
             tag_rows, tag_index = torch.unique(

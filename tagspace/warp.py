@@ -94,14 +94,16 @@ def sample_sequential_negatives(
     max_trials: int,
     rng: np.random.Generator,
     chunk: int = 64,
+    pool: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The paper's sampler, per example: draw until a violator; return (neg, weight, trials).
 
     ``neg`` is -1 (weight 0) when no violator is found within ``max_trials`` draws. Draws are
     scored a chunk at a time, but the first violator in draw order is taken, exactly as if they
-    were scored one by one.
+    were scored one by one. ``pool``: the rows negatives are drawn from (an online vocabulary's
+    tags in use), N = len(pool); None: every row of ``tag_emb``.
     """
-    n_tags = tag_emb.shape[0]
+    n_tags = tag_emb.shape[0] if pool is None else len(pool)
     batch = post_emb.shape[0]
     negs = np.full(batch, -1, np.int64)
     weights = np.zeros(batch)
@@ -109,12 +111,14 @@ def sample_sequential_negatives(
     with torch.no_grad():
         for i in range(batch):
             known = gold[i]
-            if len(np.unique(known)) >= n_tags:
+            if len(np.unique(known)) >= n_tags and (pool is None or np.isin(pool, known).all()):
                 continue  # every tag is a positive: nothing can be a negative
             threshold = float(pos_scores[i]) - margin
             done = 0
             while done < max_trials:
                 draws = rng.integers(n_tags, size=chunk)
+                if pool is not None:
+                    draws = pool[draws]
                 draws = draws[~np.isin(draws, known)][: max_trials - done]  # skip, uncounted
                 if len(draws) == 0:
                     continue
