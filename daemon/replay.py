@@ -59,7 +59,8 @@ class InterestModel:
         self.run = f"{int(time.time() * 1000):x}"  # a second replay makes new events, not dups
 
     def events(self, record: dict) -> list[dict]:
-        tags = record.get("tags") if isinstance(record.get("tags"), list) else []
+        raw_tags = record.get("tags")
+        tags: list = raw_tags if isinstance(raw_tags, list) else []
         author, post_id = record.get("user_id"), record.get("post_id")
         out = []
         candidates = {u for t in tags if isinstance(t, str) for u in self.fans.get(t, [])}

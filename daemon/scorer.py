@@ -93,9 +93,9 @@ class Scorer:
         if not stored:
             return None
         stale = [p for p in stored if p.version < version or p.embedding is None]
-        fresh_vectors = {}
+        vectors = {p.post_id: p.embedding for p in stored if p.embedding is not None}
         if stale:
             embs, _, _ = self.hub.reembed(self.store, stale)
-            fresh_vectors = {p.post_id: e for p, e in zip(stale, embs, strict=True)}
-        vecs = np.stack([fresh_vectors.get(p.post_id, p.embedding) for p in stored])
+            vectors.update({p.post_id: e for p, e in zip(stale, embs, strict=True)})
+        vecs = np.stack([vectors[p.post_id] for p in stored])
         return unit_rows(vecs.astype(np.float32))

@@ -214,7 +214,7 @@ class Store:
                 keys=[self.post_key(post.post_id), self.recent_key, self.tags_key,
                       self.user_tags_key(post.user_id or ""), self.arrivals_key,
                       self.authored_key(post.user_id or "")],
-                args=[post.post_id, post.user_id, repr(float(post.ts or 0.0)),
+                args=[post.post_id, post.user_id or "", repr(float(post.ts or 0.0)),
                       json.dumps(list(post.tags)), json.dumps(list(post.tokens)),
                       np.asarray(emb, np.float32).tobytes(), version, self.recent_posts,
                       write_id, self.post_ttl_s, self.user_ttl_s, self.authored_size,

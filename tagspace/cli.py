@@ -69,7 +69,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     """Parse ``argv``; a ``--config`` TOML file supplies defaults, required options included."""
     argv = list(sys.argv[1:] if argv is None else argv)
     path = _config_path(argv)
-    subparsers = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    subparsers: dict[str, argparse.ArgumentParser] = \
+        parser._subparsers._group_actions[0].choices  # type: ignore[union-attr,assignment]
     own = argv and argv[0] in subparsers and subparsers[argv[0]].get_default("own_config")
     if path is not None and argv and argv[0] in subparsers and not own:
         try:

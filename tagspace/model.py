@@ -80,6 +80,8 @@ class BagEncoder(nn.Module):
 
 
 class TagSpaceModel(nn.Module):
+    word_to_tag: torch.Tensor  # a buffer (register_buffer), declared for the type checker
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config

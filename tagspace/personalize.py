@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,7 +154,9 @@ def history_features(
             if sims is None or sims[row] is None:
                 continue
             best: dict[int, float] = {}
-            for sim, post_tags in zip(sims[row], history.post_tags, strict=True):
+            row_sims = sims[row]
+            assert row_sims is not None
+            for sim, post_tags in zip(row_sims, history.post_tags, strict=True):
                 for tag in post_tags:
                     i = tags.get(tag)
                     if i is not None and sim > best.get(i, 0.0):
@@ -327,7 +329,7 @@ def tune_weights(
     content: TagScorer,
     profiles: AuthorProfiles,
     valid: Sequence[Post],
-    grid: dict[str, Sequence[float]] = GRID,
+    grid: Mapping[str, Sequence[float]] = GRID,
     bow: BagOfWords | None = None,
 ) -> tuple[PersonalizeWeights, dict[PersonalizeWeights, RankingMetrics]]:
     """The grid weights with the best P@1 + R@10 on ``valid`` (never the test posts), with
