@@ -34,8 +34,6 @@ def _daemon_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_daemon(args: Any) -> int:
-    from daemon.service import Daemon
-
     try:
         settings = load_settings(args, args.config)
     except ConfigError as e:
@@ -44,8 +42,16 @@ def cmd_daemon(args: Any) -> int:
     logging.getLogger().setLevel(settings.log_level.upper())
     stack = None
     if settings.embedded:
-        settings, stack = _start_embedded(settings)
+        from kafka.errors import KafkaError
+
+        try:
+            settings, stack = _start_embedded(settings)
+        except (OSError, RuntimeError, KafkaError) as e:  # PortInUse, an early exit...
+            print(f"tagspace daemon: cannot start the embedded servers: {e}", file=sys.stderr)
+            return 2
     try:
+        from daemon.service import Daemon  # torch: seconds; a taken embedded port fails first
+
         try:
             daemon = Daemon(settings)
             daemon.start()
@@ -62,9 +68,12 @@ def cmd_daemon(args: Any) -> int:
 
 
 def _start_embedded(settings: Any) -> tuple[Any, Any]:
+    """Broker and Redis as children of this (main) thread: they stop with the daemon, also on
+    kill -9 (daemon/embedded.py). A port given in the environment that another process holds
+    is an error, never a server to attach to."""
     from dataclasses import replace
 
-    from daemon.embedded import EmbeddedStack, create_topics
+    from daemon.embedded import EmbeddedStack, PortInUse, create_topics
 
     env = os.environ
     kafka_port = host_port(settings.kafka_bootstrap)[1] \
@@ -74,11 +83,21 @@ def _start_embedded(settings: Any) -> tuple[Any, Any]:
         from urllib.parse import urlparse
 
         redis_port = urlparse(settings.redis_url).port
-    stack = EmbeddedStack(kafka_port, redis_port, Path(settings.model_dir) / "embedded")
-    settings = replace(settings, kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url)
-    create_topics(stack.bootstrap, [settings.posts_topic, settings.interactions_topic,
-                                    settings.dead_letter_topic], settings.topic_partitions)
-    log.info("embedded broker on %s, Redis on %s", stack.bootstrap, stack.redis_url)
+    try:
+        stack = EmbeddedStack(kafka_port, redis_port, Path(settings.model_dir) / "embedded")
+    except PortInUse as e:
+        variable = "TAGSPACE_KAFKA_BOOTSTRAP" if e.server == "tansu" else "TAGSPACE_REDIS_URL"
+        raise PortInUse(e.server, e.port, f"; stop that process, or unset {variable} for a "
+                        "free port") from None
+    try:
+        settings = replace(settings, kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url)
+        create_topics(stack.bootstrap, [settings.posts_topic, settings.interactions_topic,
+                                        settings.dead_letter_topic], settings.topic_partitions)
+    except BaseException:
+        stack.stop()
+        raise
+    log.info("embedded broker on %s (pid %d), Redis on %s (pid %d)", stack.bootstrap,
+             stack.kafka.pid, stack.redis_url, stack.redis.pid)
     return settings, stack
 
 

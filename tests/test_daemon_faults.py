@@ -109,9 +109,16 @@ def test_a_full_disk_at_checkpoint_time_is_logged_and_counted_and_serving_goes_o
     import errno
 
     import daemon.model_hub as hub_module
+    from tests.test_online import post
 
     settings = settings_for(broker, redis_url, tmp_path / "model")
     daemon = Daemon(settings)
+    known = {"baking", "bread", "garlic", "pasta"}
+    for i in range(3):  # min_tag_count 2: each tag gets a row
+        daemon.hub.online.observe(post(i, "garlic bread in the oven", ["bread", "garlic"]), i)
+        daemon.hub.online.observe(post(9 + i, "bake pasta with garlic", ["baking", "pasta"]), i)
+    before = daemon.scorer.suggest("garlic bread", 3, None)
+    assert len(before) == 3 and {tag for tag, _ in before} <= known
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -119,8 +126,13 @@ def test_a_full_disk_at_checkpoint_time_is_logged_and_counted_and_serving_goes_o
     version = daemon.hub.version
     assert daemon.checkpoint() is False
     assert daemon.metrics.checkpoints.labels("failed")._value.get() == 1
+    assert daemon.metrics.checkpoints.labels("ok")._value.get() == 0
     assert daemon.hub.version == version and "No space left" in caplog.text
-    assert daemon.scorer.suggest("garlic bread", 3, None) is not None  # still answering
+    assert not (tmp_path / "model" / "checkpoints" / "LATEST").exists()  # nothing published
+    # still answering, with the same live model: 3 known tags, best first, as before
+    after = daemon.scorer.suggest("garlic bread", 3, None)
+    assert after == before
+    assert [s for _, s in after] == sorted((s for _, s in after), reverse=True)
     daemon.redis.close()
 
 

@@ -1,13 +1,16 @@
-"""The daemon as a process (`tagspace daemon`): kill -9 mid-stream, SIGTERM under load.
+"""The daemon as a process (`tagspace daemon`): kill -9 mid-stream, SIGTERM under load, the
+embedded servers' lifetime (they die with the daemon; a taken port is an error).
 
-Real Tansu broker and Redis from the session fixtures. Exactly-once effect is checked where a
-replay would show: per-tag counts and per-post popularity are increments, so a record applied
-twice would count twice.
+Real Tansu broker and Redis from the session fixtures (or the daemon's own, `--embedded`).
+Exactly-once effect is checked where a replay would show: per-tag counts and per-post popularity
+are increments, so a record applied twice would count twice.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +23,7 @@ import pytest
 import redis
 
 from daemon.config import Settings, settings_argv
+from daemon.embedded import PortInUse, free_port, start_redis, wait_for_port
 from daemon.records import POSITIVE_KINDS
 from tests.streams import cooking_records, producer, settings_for, wait_until
 
@@ -157,3 +161,148 @@ def test_sigterm_under_load_exits_0_within_10_s_with_processed_offsets_committed
 def _clear(r: redis.Redis, prefix: str) -> None:
     for key in r.scan_iter(match=f"{prefix}:*", count=2000):
         r.delete(key)
+
+
+# The embedded servers' lifetime (`tagspace daemon --embedded`)
+EMBEDDED_FLAGS = ["--embedded", "--dim", "16", "--hidden", "20", "--workers", "1",
+                  "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "1000"]
+
+
+def embedded_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSPACE_")}
+    return {**env, **extra}
+
+
+def children(pid: int) -> dict[int, str]:
+    """pid -> command name of the live (not zombie) children of ``pid``, from /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            out[int(entry.name)] = comm
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie no init reaped yet is dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_kill_9_of_an_embedded_daemon_takes_its_broker_and_redis_with_it(tmp_path):
+    log = tmp_path / "daemon.log"
+    http = f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [str(TAGSPACE), "daemon", *EMBEDDED_FLAGS, "--model-dir", str(tmp_path / "model"),
+         "--http-addr", http], stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        env=embedded_env())
+    servers: dict[int, str] = {}
+    try:
+        def up() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                return httpx.get(f"http://{http}/livez", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait_until(up, 90, "the embedded daemon's HTTP API")
+        servers = children(process.pid)
+        names = sorted(servers.values())
+        assert len(names) == 2 and names[0].startswith("redis") and "tansu" in names[1], names
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        wait_until(lambda: not any(alive(pid) for pid in servers), 10,
+                   f"the embedded servers {servers} to exit after the daemon's kill -9")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        for pid in servers:  # what the daemon left behind (before the fix: both)
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(("variable", "value", "server"), [
+    ("TAGSPACE_KAFKA_BOOTSTRAP", "127.0.0.1:{port}", "Kafka broker"),
+    ("TAGSPACE_REDIS_URL", "redis://127.0.0.1:{port}/0", "Redis server"),
+], ids=["kafka", "redis"])
+def test_an_embedded_start_on_a_taken_port_fails_naming_the_port_and_never_attaches(
+        tmp_path, variable, value, server):
+    with socket.socket() as taken:  # someone else's server on the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [str(TAGSPACE), "daemon", *EMBEDDED_FLAGS, "--model-dir", str(tmp_path / "model"),
+             "--http-addr", f"127.0.0.1:{free_port()}"], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=embedded_env(**{variable: value.format(
+                port=port)}))
+        servers: dict[int, str] = {}
+        try:
+            deadline = started + 45
+            while process.poll() is None and time.monotonic() < deadline:
+                servers |= children(process.pid)
+                time.sleep(0.2)
+            assert process.poll() is not None, "still running: it attached to the port"
+            out, err = process.communicate(5)
+            took = time.monotonic() - started
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate(10)
+            for pid in servers:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+    assert process.returncode == 2, (out, err)
+    assert f"127.0.0.1:{port}" in err and "already in use" in err and server in err, err
+    assert variable in err  # how to get a free port instead
+    assert "Traceback" not in err
+    assert took < 15, took
+
+
+def test_wait_for_port_never_takes_a_foreign_listener_for_the_child(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # a child that lost the bind race and exits, as Redis and Tansu do on "address in use"
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+        with pytest.raises(PortInUse, match=f"127.0.0.1:{port}.*already in use"):
+            wait_for_port("127.0.0.1", port, 10, child, "redis")
+        child.wait(5)
+        # a child alive but not listening: the port answering is not the child being ready
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            with pytest.raises(TimeoutError):
+                wait_for_port("127.0.0.1", port, 1.5, child, "redis")
+        finally:
+            child.kill()
+            child.wait(5)
+
+
+def test_an_embedded_server_started_from_a_short_lived_thread_outlives_the_thread(tmp_path):
+    # PR_SET_PDEATHSIG follows the forking *thread*: such starts go through a spawner thread
+    box: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: box.update(server=start_redis(
+        workdir=str(tmp_path / "redis"), appendonly=False)))
+    thread.start()
+    thread.join(30)
+    server = box["server"]
+    try:
+        time.sleep(1.0)
+        assert server.process.poll() is None
+        with socket.create_connection(("127.0.0.1", server.port), timeout=2) as c:
+            c.sendall(b"PING\r\n")
+            assert c.recv(16).startswith(b"+PONG")
+    finally:
+        server.stop()
