@@ -86,12 +86,12 @@ def replay(producer, posts_topic: str, interactions_topic: str, path: Path, *,  
            rate: float | None, limit: int | None = None, fmt: str = "auto",
            interactions: Path | None = None, synthesize: float = 0.0, seed: int = 0,
            progress: bool = True) -> ReplayCounts:
-    from tqdm import tqdm
+    from tagspace.progress import progress_bar
 
     counts = ReplayCounts()
     interest = InterestModel(synthesize, seed) if synthesize > 0 else None
     start = time.perf_counter()
-    bar = tqdm(desc="replay", unit="post", total=limit, disable=not progress)
+    bar = progress_bar(limit, "replay", unit="post", disable=not progress)
     for value, record in post_values(path, fmt):
         if limit is not None and counts.posts >= limit:
             break

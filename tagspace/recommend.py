@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TypeAlias
 
 import numpy as np
 import scipy.sparse as sps
 
 from tagspace.dataset import Post
 
-Vectors = np.ndarray | sps.csr_matrix  # unit rows, one per post: cosine = dot product
+Vectors: TypeAlias = np.ndarray | sps.csr_matrix  # unit rows, one per post: cosine = dot product
 
 
 @dataclass(frozen=True)
