@@ -292,7 +292,10 @@ class Ingestor:
         online = self.hub.online
         for post in posts:
             online.observe(post, clock=post.ts or time.time())
-        self.trainer.offer([p for p in posts if p.tags])
+        dropped = self.trainer.offer([p for p in posts if p.tags])
+        if dropped:  # counted by the trainer: tagspace_training_posts_skipped_total
+            log.warning("%d tagged posts not queued for training (queue full or stopping)",
+                        dropped)
         self.metrics.vocab.labels("words").set(online.words.size)
         self.metrics.vocab.labels("tags").set(online.tags.size)
         self.metrics.vocab_evictions.labels("words").set(online.words.evictions)

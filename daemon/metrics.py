@@ -47,6 +47,19 @@ class Metrics:
                                   "WARP negatives drawn per example (last steps)", registry=r)
         self.train_queue = Gauge("tagspace_training_queue_posts", "Posts waiting for training",
                                  registry=r)
+        self.train_skipped = Counter(
+            "tagspace_training_posts_skipped_total",
+            "Tagged posts not trained on, by reason: queue_full, tag_not_admitted, "
+            "too_few_tags, nonfinite, exploding_loss (their step was dropped), stopping, error",
+            ["reason"], registry=r)
+        self.train_dropped = Counter(
+            "tagspace_training_steps_dropped_total",
+            "Training steps computed but not applied: nonfinite (loss, embedding or gradient) "
+            "or exploding_loss (far above its running mean)", ["reason"], registry=r)
+        self.train_stale_rows = Counter(
+            "tagspace_training_stale_rows_total",
+            "Row updates skipped: the row was given to another token during the step",
+            registry=r)
         self.online_p1 = Gauge("tagspace_online_p_at_1",
                                "Prequential P@1 over the last window of posts", registry=r)
         self.online_r10 = Gauge("tagspace_online_r_at_10",
@@ -65,8 +78,9 @@ class Metrics:
         self.vocab_evictions = Gauge("tagspace_vocabulary_evictions",
                                      "Tokens evicted (least recently seen) since start",
                                      ["kind"], registry=r)
-        self.checkpoints = Counter("tagspace_checkpoints_total", "Checkpoints written",
-                                   ["result"], registry=r)
+        self.checkpoints = Counter("tagspace_checkpoints_total",
+                                   "Checkpoints: ok, failed, or diverged (refused: "
+                                   "non-finite weights)", ["result"], registry=r)
         self.reembedded = Counter("tagspace_reembedded_posts_total",
                                   "Stored embeddings refreshed with a newer version",
                                   registry=r)

@@ -4,6 +4,9 @@ Layout of ``model_dir``: ``checkpoints/v00000007/`` (a ``tagspace train``-format
 version and ``LATEST`` naming the newest complete one (replaced atomically after the checkpoint
 is on disk). Start-up resumes from ``LATEST``; else loads ``model_dir`` itself when it is a
 ``tagspace train`` output; else starts a fresh model that learns everything from the stream.
+
+A diverged model (a NaN or an infinity in its weights) is never checkpointed nor loaded: the
+last good version stays the latest, and start-up falls back to the newest finite version.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon.metrics import Metrics
 from daemon.store import Store, StoredPost
 from tagspace.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tagspace.hogwild import TrainConfig
 from tagspace.model import ModelConfig
-from tagspace.online import Capacity, OnlineTagSpace, restore_online
+from tagspace.online import Capacity, OnlineTagSpace, nonfinite_parameters, restore_online
 from tagspace.personalize import (
     DEFAULT_WEIGHTS,
     Personalizer,
@@ -33,11 +37,17 @@ from tagspace.personalize import (
 log = logging.getLogger(__name__)
 
 
+class ModelDiverged(RuntimeError):
+    """The live model has non-finite weights: not checkpointed; the last good version stays."""
+
+
 class ModelHub:
     def __init__(self, model_dir: Path, capacity: Capacity, train: TrainConfig,
-                 fresh: ModelConfig, keep: int = 3):
+                 fresh: ModelConfig, keep: int = 3, metrics: Metrics | None = None):
         self.model_dir = Path(model_dir)
         self.keep = keep
+        self.metrics = metrics  # counts refused checkpoints (result="diverged") when given
+        self._rejected: set[str] = set()  # published versions found diverged (serve role)
         self.capacity, self.train = capacity, train
         self.source, self.online, self.version = self._load(capacity, train, fresh)
         self.personalizer = Personalizer(*load_personalization(
@@ -55,6 +65,8 @@ class ModelHub:
         if latest.is_file():
             path = self.checkpoints / latest.read_text().strip()
             checkpoint = load_checkpoint(path, keep_free_rows=True)
+            if nonfinite_parameters(checkpoint.tagger.model):
+                path, checkpoint = self._last_good(path)
             self._source_dir, self._source_extra = path, checkpoint.extra
             version = int(checkpoint.extra.get("version", 0))
             log.info("resuming from checkpoint %s (version %d)", path, version)
@@ -70,6 +82,22 @@ class ModelHub:
         self._source_dir, self._source_extra = self.model_dir, {}
         return "fresh", OnlineTagSpace.fresh(fresh, capacity, train), 1
 
+    def _last_good(self, diverged: Path) -> tuple[Path, Checkpoint]:
+        """The newest version older than a diverged one whose weights are all finite."""
+        log.error("%s has non-finite weights: resuming from the newest finite version",
+                  diverged)
+        for path in sorted(self.checkpoints.glob("v*"), reverse=True):
+            if path.name >= diverged.name:
+                continue
+            try:
+                checkpoint = load_checkpoint(path, keep_free_rows=True)
+            except ValueError:
+                log.exception("skipping %s", path)
+                continue
+            if not nonfinite_parameters(checkpoint.tagger.model):
+                return path, checkpoint
+        raise ValueError(f"{diverged} has non-finite weights and no older version is finite")
+
     def reload_if_newer(self) -> bool:
         """Serve role: load the version a trainer published, when newer than ours. The swap
         is one attribute assignment: requests in flight finish on the model they started with."""
@@ -77,9 +105,15 @@ class ModelHub:
         if not latest.is_file():
             return False
         name = latest.read_text().strip()
-        if not name.startswith("v") or int(name[1:]) <= self.version:
+        if not name.startswith("v") or int(name[1:]) <= self.version or name in self._rejected:
             return False
         checkpoint = load_checkpoint(self.checkpoints / name, keep_free_rows=True)
+        bad = nonfinite_parameters(checkpoint.tagger.model)
+        if bad:  # never served; a trainer does not publish one, this is a second line
+            self._rejected.add(name)
+            log.error("published version %s has non-finite %s: not loaded, still serving "
+                      "version %d", name, ", ".join(bad), self.version)
+            return False
         online = restore_online(checkpoint.tagger, self.capacity, self.train, checkpoint.arrays)
         personalizer = Personalizer(*load_personalization(
             self.checkpoints / name, checkpoint.extra, DEFAULT_WEIGHTS))
@@ -99,7 +133,8 @@ class ModelHub:
         return embs, version, changed
 
     def checkpoint(self) -> Path:
-        """Write the next version; the previous checkpoints stay until it is complete."""
+        """Write the next version; the previous checkpoints stay until it is complete.
+        ModelDiverged (nothing written) when the live model has non-finite weights."""
         with self._lock:  # the periodic and the final checkpoint never interleave
             return self._checkpoint()
 
@@ -109,6 +144,12 @@ class ModelHub:
         personalizer = self.personalizer  # carried from version to version
         extra = {"version": version, "personalize": personalizer.weights.to_dict()}
         tagger, arrays = self.online.snapshot_state()  # with the rows' last-seen clocks
+        bad = nonfinite_parameters(tagger.model)
+        if bad:
+            if self.metrics is not None:
+                self.metrics.checkpoints.labels("diverged").inc()
+            raise ModelDiverged(f"the live model has non-finite {', '.join(bad)}: not "
+                                f"checkpointed, version {self.version} stays the latest")
         path = save_checkpoint(self.checkpoints / name, Checkpoint(tagger, extra=extra,
                                                                    arrays=arrays))
         if personalizer.bow is not None:

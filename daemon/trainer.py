@@ -3,6 +3,9 @@
 Posts wait in a bounded queue; when it is full the ingestion loop pauses its partitions
 (backpressure) rather than buffer without limit. Training is best effort with respect to
 delivery: a crash loses at most the queued posts' training steps, never their stored effect.
+Every offered post not trained on is counted by reason (``tagspace_training_posts_skipped_total``):
+queue_full, stopping (queued at stop), error (a failed step), and those ``OnlineTagSpace.train``
+reports (tag_not_admitted, too_few_tags, and the posts of a dropped step).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +23,8 @@ from tagspace.dataset import Post
 from tagspace.online import OnlineTagSpace
 
 log = logging.getLogger(__name__)
+QUEUE_FULL, STOPPING, ERROR = "queue_full", "stopping", "error"  # and OnlineStep.skipped's
+DROP_LOG_EVERY_S = 10.0
 
 
 class OnlineTrainer:
@@ -29,6 +35,8 @@ class OnlineTrainer:
         self.batch_size = batch_size
         self.queue: queue.Queue[Post] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
+        self._offer_lock = threading.Lock()  # a post is either queued before stop or counted
+        self._drop_logged = -DROP_LOG_EVERY_S
         self._threads = [threading.Thread(target=self._run, name=f"hogwild-{i}", daemon=True)
                          for i in range(workers)]
         self.steps = 0  # read by tests and benchmarks; written by the workers (approximate)
@@ -42,16 +50,26 @@ class OnlineTrainer:
         return self.queue.maxsize - self.queue.qsize()
 
     def offer(self, posts: Sequence[Post]) -> int:
-        """Queue tagged posts without blocking; returns how many did not fit (the caller
-        pauses ingestion before the queue can overflow, so this is normally 0)."""
-        dropped = 0
-        for post in posts:
-            try:
-                self.queue.put_nowait(post)
-            except queue.Full:
-                dropped += 1
+        """Queue tagged posts without blocking; returns how many were not queued (counted:
+        queue_full, or stopping once stopped; the caller pauses ingestion before the queue
+        can overflow, so this is normally 0)."""
+        with self._offer_lock:
+            if self._stop.is_set():
+                self._skip(STOPPING, len(posts))
+                return len(posts)
+            dropped = 0
+            for post in posts:
+                try:
+                    self.queue.put_nowait(post)
+                except queue.Full:
+                    dropped += 1
+        self._skip(QUEUE_FULL, dropped)
         self.metrics.train_queue.set(self.queue.qsize())
         return dropped
+
+    def _skip(self, reason: str, posts: int) -> None:
+        if posts:
+            self.metrics.train_skipped.labels(reason).inc(posts)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -68,8 +86,19 @@ class OnlineTrainer:
                 step = self.online.train(batch)
             except Exception:  # one bad step must not kill training
                 log.exception("training step failed")
+                self._skip(ERROR, len(batch))
                 continue
             self.metrics.train_queue.set(self.queue.qsize())
+            for reason, n in step.skipped.items():
+                self._skip(reason, n)
+            if step.dropped is not None:
+                self.metrics.train_dropped.labels(step.dropped).inc()
+                if time.monotonic() - self._drop_logged >= DROP_LOG_EVERY_S:  # no log flood
+                    self._drop_logged = time.monotonic()
+                    log.warning("training step dropped (%s): %d posts not trained on",
+                                step.dropped, step.skipped.get(step.dropped, 0))
+            if step.stale_rows:
+                self.metrics.train_stale_rows.inc(step.stale_rows)
             if step.examples:
                 self.metrics.train_examples.inc(step.examples)
                 self.metrics.train_loss.set(step.loss / step.examples)
@@ -77,7 +106,19 @@ class OnlineTrainer:
                 self.steps += 1
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop after the current steps; queued posts are not trained on (best effort)."""
-        self._stop.set()
+        """Stop after the current steps; queued posts are not trained on (best effort): they
+        are counted (stopping)."""
+        with self._offer_lock:
+            self._stop.set()
         for t in self._threads:
-            t.join(timeout)
+            if t.is_alive():
+                t.join(timeout)
+        left = 0
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+            left += 1
+        self._skip(STOPPING, left)
+        self.metrics.train_queue.set(self.queue.qsize())

@@ -13,6 +13,7 @@ PyTorch releases the GIL inside its kernels, so threads run in parallel on the G
 from __future__ import annotations
 
 import copy
+import math
 import os
 import threading
 import time
@@ -77,6 +78,17 @@ class PendingStep:
     tag_rows: torch.Tensor
     params: list[torch.Tensor]  # the dense parameters, in the order of grads[2:]
     grads: tuple[torch.Tensor, ...]  # () when no example violates: nothing to apply
+    finite_forward: bool = True  # the post embeddings and the loss are finite
+
+    def is_finite(self) -> bool:
+        """The forward pass and every gradient are finite (and so are the squares AdaGrad
+        accumulates): applying the step cannot put a NaN or an infinity into the model."""
+        return self.finite_forward and all(_finite_squares(g) for g in self.grads)
+
+
+def _finite_squares(g: torch.Tensor) -> bool:
+    top = g.abs().amax() if g.numel() else torch.zeros(())
+    return bool(torch.isfinite(top)) and float(top) < 1e18
 
 
 class HogwildWorker:
@@ -172,14 +184,15 @@ class HogwildWorker:
             loss = (torch.from_numpy(weights[hit]).float() * hinge).sum()
             stats = WarpStats(float(loss.detach()), n_hit, float(trials.mean()))
 
-        params = list(self.encoder.parameters())
+        params: list[torch.Tensor] = list(self.encoder.parameters())
         if self.copy_weight.requires_grad and cfg.warp == "block":
             params.append(self.copy_weight)
         grads: tuple[torch.Tensor, ...] = ()
         if stats.violating:
             grads = tuple(torch.autograd.grad(loss, [x_rows, t_rows, *params]))
+        finite = math.isfinite(stats.loss) and bool(torch.isfinite(post.detach()).all())
         return PendingStep(StepStats(len(gold), stats.loss, stats.violating, stats.trials),
-                           word_rows, tag_rows, params, grads)
+                           word_rows, tag_rows, params, grads, finite)
 
     def apply(self, pending: PendingStep, since: tuple[int, int] | None = None) -> StepStats:
         """Apply a step's AdaGrad updates to the shared model.

@@ -10,8 +10,9 @@ embed with it while workers update it, lock-free as in Hogwild.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ import torch
 from tagspace.batch import MAX_TOKENS
 from tagspace.checkpoint import WORD_SPECIALS
 from tagspace.dataset import Post
-from tagspace.hogwild import HogwildWorker, TrainConfig
+from tagspace.hogwild import HogwildWorker, PendingStep, TrainConfig
 from tagspace.model import ModelConfig, TagSpaceModel
 from tagspace.online_vocab import Admission, OnlineVocabulary
 from tagspace.tagger import Tagger
@@ -34,12 +35,34 @@ class Capacity:
     min_tag_count: int = 2
 
 
+# Why a post handed to ``train`` was not trained on (``OnlineStep.skipped``)
+TAG_NOT_ADMITTED = "tag_not_admitted"  # none of its tags is in the vocabulary (yet)
+TOO_FEW_TAGS = "too_few_tags"  # under 2 tags in use: no negative to rank against
+NONFINITE = "nonfinite"  # its step was dropped: a non-finite loss or gradient
+EXPLODING_LOSS = "exploding_loss"  # its step was dropped: loss far above its running mean
+
+
+@dataclass(frozen=True)
+class Guard:
+    """When a step is dropped rather than applied, so the live model cannot silently degrade:
+    a non-finite loss, post embedding or gradient (a diverged or corrupted model), or a loss
+    per example over ``loss_factor`` x its running mean (floored at ``loss_floor``), once
+    ``warmup_steps`` steps have set that mean."""
+
+    loss_factor: float = 100.0
+    loss_floor: float = 1.0
+    warmup_steps: int = 20
+    decay: float = 0.99  # running mean: m <- decay * m + (1 - decay) * loss per example
+
+
 @dataclass(frozen=True)
 class OnlineStep:
-    examples: int
+    examples: int  # posts trained on
     loss: float
     trials: float  # WARP draws per example
     stale_rows: int = 0  # rows not updated: evicted and given to another token meanwhile
+    skipped: Mapping[str, int] = field(default_factory=dict)  # posts not trained on, by reason
+    dropped: str | None = None  # the step was computed but not applied: NONFINITE, ...
 
 
 @dataclass(frozen=True)
@@ -50,7 +73,8 @@ class Prediction:
 
 
 class OnlineTagSpace:
-    def __init__(self, tagger: Tagger, capacity: Capacity, train: TrainConfig):
+    def __init__(self, tagger: Tagger, capacity: Capacity, train: TrainConfig,
+                 guard: Guard | None = None):
         words, tags = tagger.words, tagger.tags
         if not isinstance(words, OnlineVocabulary):
             words = OnlineVocabulary(words, max(capacity.words, len(words)),
@@ -63,6 +87,8 @@ class OnlineTagSpace:
         self.tagger = Tagger(model, words, tags)
         self.words, self.tags = words, tags
         self.train_config = train
+        self.guard = guard or Guard()
+        self.loss_mean, self.loss_steps = 0.0, 0  # applied steps' loss per example
         self._vocab_lock = threading.Lock()  # vocabularies change under it; the weights do not
         self._workers: dict[int, HogwildWorker] = {}
         self._next_rank = 0
@@ -70,14 +96,14 @@ class OnlineTagSpace:
 
     @classmethod
     def fresh(cls, config: ModelConfig, capacity: Capacity, train: TrainConfig,
-              seed: int = 0) -> OnlineTagSpace:
+              seed: int = 0, guard: Guard | None = None) -> OnlineTagSpace:
         """An untrained model with empty vocabularies: everything is learnt from the stream."""
         torch.manual_seed(seed)
         words = OnlineVocabulary(Vocabulary([], [], WORD_SPECIALS), capacity.words,
                                  capacity.min_word_count)
         tags = OnlineVocabulary(Vocabulary([], []), capacity.tags, capacity.min_tag_count)
         model = TagSpaceModel(_sized(config, capacity.words, capacity.tags))
-        return cls(Tagger(model, words, tags), capacity, train)
+        return cls(Tagger(model, words, tags), capacity, train, guard)
 
     @property
     def model(self) -> TagSpaceModel:
@@ -143,20 +169,50 @@ class OnlineTagSpace:
 
     def train(self, posts: Sequence[Post]) -> OnlineStep:
         """One WARP step on the calling thread's worker (Hogwild: threads never wait for each
-        other's updates)."""
+        other's updates). Posts not trained on are counted in ``skipped`` by reason; a step
+        that fails the ``Guard`` is not applied (``dropped``)."""
         since = (self.words.generation, self.tags.generation)  # before encoding: see apply
         words, gold = [], []
+        skipped: Counter[str] = Counter()
         for post in posts:
             tags = np.asarray(self.tags.encode(post.tags), np.int64)
             if len(tags):
                 words.append(np.asarray(
                     self.words.encode(post.tokens[:MAX_TOKENS], self.tagger.unk_id), np.int64))
                 gold.append(tags)
-        if not gold or len(self._pool) < 2:
-            return OnlineStep(0, 0.0, 0.0)
+            else:
+                skipped[TAG_NOT_ADMITTED] += 1
+        if gold and len(self._pool) < 2:
+            skipped[TOO_FEW_TAGS] += len(gold)
+            gold = []
+        if not gold:
+            return OnlineStep(0, 0.0, 0.0, skipped=dict(skipped))
         worker = self._worker()
-        stats = worker.apply(worker.forward(words, gold), since)
-        return OnlineStep(stats.examples, stats.loss, stats.trials, stats.stale_rows)
+        pending = worker.forward(words, gold)
+        per_example = pending.stats.loss / len(gold)
+        dropped = self._check(pending, per_example)
+        if dropped is not None:
+            skipped[dropped] += len(gold)
+            return OnlineStep(0, 0.0, 0.0, skipped=dict(skipped), dropped=dropped)
+        stats = worker.apply(pending, since)
+        self._track_loss(per_example)
+        return OnlineStep(stats.examples, stats.loss, stats.trials, stats.stale_rows,
+                          dict(skipped))
+
+    def _check(self, pending: PendingStep, per_example: float) -> str | None:
+        if not pending.is_finite():
+            return NONFINITE
+        guard = self.guard
+        if self.loss_steps >= guard.warmup_steps and \
+                per_example > guard.loss_factor * max(self.loss_mean, guard.loss_floor):
+            return EXPLODING_LOSS
+        return None
+
+    def _track_loss(self, per_example: float) -> None:
+        # Shared by the workers without a lock: an approximate mean is enough here.
+        decay = self.guard.decay if self.loss_steps else 0.0
+        self.loss_mean = decay * self.loss_mean + (1.0 - decay) * per_example
+        self.loss_steps += 1
 
     def _worker(self) -> HogwildWorker:
         key = threading.get_ident()
@@ -192,7 +248,7 @@ class OnlineTagSpace:
 
 def restore_online(tagger: Tagger, capacity: Capacity, train: TrainConfig,
                    arrays: Mapping[str, np.ndarray] | None = None,
-                   clock: float = 0.0) -> OnlineTagSpace:
+                   clock: float = 0.0, guard: Guard | None = None) -> OnlineTagSpace:
     """From a checkpoint written by ``snapshot`` (free rows as placeholders) or by
     ``tagspace train`` (exact vocabularies, grown here to capacity).
 
@@ -204,7 +260,13 @@ def restore_online(tagger: Tagger, capacity: Capacity, train: TrainConfig,
     tags = OnlineVocabulary.restore(tagger.tags, capacity.tags, capacity.min_tag_count,
                                     _clocks(arrays, "tags", len(tagger.tags)), clock)
     model = _grow(tagger.model, len(words), len(tags))
-    return OnlineTagSpace(Tagger(model, words, tags), capacity, train)
+    return OnlineTagSpace(Tagger(model, words, tags), capacity, train, guard)
+
+
+def nonfinite_parameters(model: TagSpaceModel) -> list[str]:
+    """Names of the parameters holding a NaN or an infinity: a diverged model, never to be
+    checkpointed or served."""
+    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
 def _clocks(arrays: Mapping[str, np.ndarray], kind: str, rows: int) -> np.ndarray | None:

@@ -58,3 +58,56 @@ def test_a_step_without_evictions_updates_every_row_it_touches():
     assert step.stale_rows == 0
     old_word = online.words.index("old")  # the same batch as above: now its row moves
     assert not torch.equal(online.model.word_emb.detach()[old_word], seen["words"][old_word])
+
+
+def test_an_exploding_loss_drops_the_step_and_leaves_the_model_as_it_was():
+    from tagspace.online import EXPLODING_LOSS, Guard
+    from tests.test_online import topics
+
+    online = small_model(words=64, tags=16, min_word_count=1, min_tag_count=1)
+    online.guard = Guard(warmup_steps=5)
+    stream = topics(48)
+    for p in stream:
+        online.observe(p, clock=float(p.ts))
+    for i in range(0, 40, 8):
+        assert online.train(stream[i:i + 8]).dropped is None
+    mean = online.loss_mean
+    assert online.loss_steps == 5 and mean > 0
+    with torch.no_grad():  # a blow-up: every score x 1e4
+        online.model.tag_emb.mul_(1e4)
+    state = {k: v.detach().clone() for k, v in online.model.state_dict().items()}
+    step = online.train(stream[40:48])
+    assert step.dropped == EXPLODING_LOSS and step.examples == 0
+    assert step.skipped == {EXPLODING_LOSS: 8}
+    for k, v in online.model.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+    assert online.loss_mean == mean and online.loss_steps == 5  # not learnt from
+
+
+def test_a_non_finite_gradient_fails_the_check():
+    from tagspace.hogwild import PendingStep, StepStats
+
+    rows = torch.arange(2)
+    ok = PendingStep(StepStats(1, 0.5, 1, 1.0), rows, rows, [], (torch.ones(2, 4),) * 2)
+    assert ok.is_finite()
+    for bad in (float("nan"), float("inf"), 1e30):  # 1e30: its square overflows AdaGrad's sum
+        grads = (torch.ones(2, 4), torch.full((2, 4), bad))
+        assert not PendingStep(StepStats(1, 0.5, 1, 1.0), rows, rows, [], grads).is_finite()
+    assert not PendingStep(StepStats(1, float("nan"), 0, 1.0), rows, rows, [], (),
+                           finite_forward=False).is_finite()
+
+
+def test_a_nan_in_the_model_drops_the_step():
+    from tagspace.online import NONFINITE
+    from tests.test_online import topics
+
+    online = small_model(words=64, tags=16, min_word_count=1, min_tag_count=1)
+    stream = topics(8)
+    for p in stream:
+        online.observe(p, clock=float(p.ts))
+    with torch.no_grad():
+        online.model.word_emb[online.words.index("the"), 0] = float("nan")
+    before = online.model.tag_emb.detach().clone()
+    step = online.train(stream)
+    assert step.dropped == NONFINITE and step.skipped == {NONFINITE: 8}
+    torch.testing.assert_close(online.model.tag_emb.detach(), before, rtol=0, atol=0)
