@@ -25,7 +25,7 @@ demo: venv
 # docker-compose (validates docker-compose.yml; Docker itself is not needed)
 TEST_TOOLS := promtool prometheus docker-compose
 
-test: venv tools
+test: venv tools lint
 	$(BIN)/python -m pytest -q
 
 tools:
@@ -33,8 +33,10 @@ tools:
 	if [ -n "$$missing" ]; then echo "installing prometheus and docker-compose (Debian)"; \
 	  apt-get update -q && apt-get install -y -q --no-install-recommends prometheus docker-compose; fi
 
+# ruff (style, bugs) and mypy (types, configured in pyproject.toml) must be clean
 lint: venv
 	$(BIN)/ruff check tagspace daemon tests scripts
+	$(BIN)/mypy
 
 bench: venv
 	$(BIN)/python scripts/bench_training.py
