@@ -159,11 +159,7 @@ class Ingestor:
             topic = self.s.interactions_topic
             (self.metrics.applied if new else self.metrics.duplicates).labels(topic).inc()
         if self.trainer is not None:
-            fresh = [p for p, new in zip(posts, result.post_is_new, strict=True) if new]
-            try:
-                self._learn(fresh)
-            except Exception:  # training is best effort; the stored effect is what counts
-                log.exception("vocabulary update failed for a batch")
+            self._learn([p for p, new in zip(posts, result.post_is_new, strict=True) if new])
         self._commit(batch)
 
     def _train_only(self, decoded: Decoded, batch: dict) -> None:
@@ -288,6 +284,15 @@ class Ingestor:
         return result
 
     def _learn(self, posts: list[Post]) -> None:
+        """Best effort: a failure is logged and its tagged posts counted, never raised (the
+        stored effect is what counts)."""
+        try:
+            self._observe_and_offer(posts)
+        except Exception:
+            log.exception("vocabulary update failed for a batch")
+            self.metrics.train_skipped.labels("error").inc(sum(1 for p in posts if p.tags))
+
+    def _observe_and_offer(self, posts: list[Post]) -> None:
         assert self.trainer is not None
         online = self.hub.online
         for post in posts:

@@ -25,7 +25,7 @@ from daemon.candidates import CandidateIndex
 from daemon.config import Settings, host_port
 from daemon.ingest import Ingestor
 from daemon.metrics import Metrics
-from daemon.model_hub import ModelHub
+from daemon.model_hub import ModelDiverged, ModelHub
 from daemon.scorer import Scorer
 from daemon.store import Store
 from daemon.trainer import OnlineTrainer
@@ -53,7 +53,8 @@ class Daemon:
                             positives="all", workers=s.workers)
         fresh = ModelConfig(encoder="conv", dim=s.dim, hidden=s.hidden, dropout=0.0,
                             word_tag_share=True)
-        self.hub = ModelHub(Path(s.model_dir), capacity, train, fresh, s.keep_checkpoints)
+        self.hub = ModelHub(Path(s.model_dir), capacity, train, fresh, s.keep_checkpoints,
+                            metrics=self.metrics)
         dim = self.hub.online.model.config.dim
         self.trainer = (OnlineTrainer(self.hub.online, self.metrics, s.workers, s.batch_size,
                                       s.train_queue) if s.trains else None)
@@ -150,6 +151,9 @@ class Daemon:
     def checkpoint(self) -> bool:
         try:
             path = self.hub.checkpoint()
+        except ModelDiverged as e:  # counted by the hub; the last good version keeps serving
+            log.error("%s", e)
+            return False
         except Exception:  # a full disk must not stop serving
             log.exception("checkpoint failed")
             self.metrics.checkpoints.labels("failed").inc()

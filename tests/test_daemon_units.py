@@ -76,6 +76,21 @@ def test_ingestion_pauses_while_the_training_queue_is_full_and_resumes_after():
     assert ingestor.consumer.paused() == set() and metrics.paused._value.get() == 0
 
 
+def test_a_failed_vocabulary_update_counts_its_tagged_posts_and_never_raises():
+    def observe(post, clock):
+        raise RuntimeError("boom")
+
+    hub = SimpleNamespace(online=SimpleNamespace(observe=observe))
+    metrics = Metrics()
+    ingestor = Ingestor(Settings(), store=None, hub=hub, trainer=SimpleNamespace(),  # type: ignore[arg-type]
+                        metrics=metrics)
+    ingestor._learn([post(1, "maple syrup", ["breakfast"]), post(2, "no tags", []),
+                     post(3, "pancakes", ["breakfast"])])
+    skipped = metrics.registry.get_sample_value("tagspace_training_posts_skipped_total",
+                                                {"reason": "error"})
+    assert skipped == 2
+
+
 def test_rolling_rate_forgets_old_values():
     rate = RollingRate(size=2)
     rate.add(0, 1)
