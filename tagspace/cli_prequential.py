@@ -61,7 +61,9 @@ def cmd_prequential(args: Any) -> int:
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # as one Hogwild worker of the daemon
     if args.model:
-        online = restore_online(load_checkpoint(args.model).tagger, capacity, train)
+        # a daemon checkpoint as the daemon restores it: rows in place, last-seen clocks kept
+        checkpoint = load_checkpoint(args.model, keep_free_rows=True)
+        online = restore_online(checkpoint.tagger, capacity, train, checkpoint.arrays)
     else:
         config = ModelConfig(encoder="conv", dim=args.dim, hidden=args.hidden, dropout=0.0,
                              word_tag_share=True)

@@ -52,3 +52,23 @@ def test_the_command_reports_and_writes_the_curve(tmp_path, cooking_paths):
     assert 0.0 < report["p_at_1"] < 1.0 and report["settings"]["lr"] == 0.02
     assert "\r" not in proc.stderr  # not a terminal: log lines, no bar
     assert (tmp_path / "preq.png").stat().st_size > 1000
+
+
+def test_the_command_starts_from_a_saved_model(tmp_path, cooking_paths):
+    from tagspace.checkpoint import Checkpoint, save_checkpoint
+
+    online = small_model(words=64, tags=16, min_word_count=1, min_tag_count=1)
+    for i, p in enumerate(topics(60)):
+        online.observe(p, clock=float(i))
+    save_checkpoint(tmp_path / "m", Checkpoint(online.snapshot()))
+    data = tmp_path / "stream.txt"
+    data.write_text("".join(f"__label__{p.tags[0]} {' '.join(p.tokens)}\n" for p in topics(90)))
+    out = tmp_path / "preq.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tagspace.cli", "prequential", "--data", str(data), "--model",
+         str(tmp_path / "m"), "--window", "30", "--tag-capacity", "16", "--word-capacity", "64",
+         "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    # the saved model already knows the three topic tags: the first window can hit
+    assert report["curve"][0]["tags_in_use"] == 3 and report["posts"] == 90
