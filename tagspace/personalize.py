@@ -25,6 +25,7 @@ weights and the IDF stored beside the model (``save_personalization``). Tags tha
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -220,6 +221,7 @@ class Personalizer:
         self.bow = bow
         self.cache_size = cache_size
         self._past_vectors: OrderedDict[tuple[str, Hashable], Any] = OrderedDict()
+        self._lock = threading.Lock()
 
     def scores(self, content: TagScorer, content_scores: np.ndarray,
                token_lists: Sequence[Sequence[str]],
@@ -253,19 +255,21 @@ class Personalizer:
               embed: EmbedFn | None) -> Any:
         """Unit vectors of the author's past posts (dense for the model, sparse TF-IDF)."""
         cache_key = (kind, key)
-        vectors = self._past_vectors.get(cache_key)
-        if vectors is None:
-            if kind == "model":
-                assert embed is not None
-                vectors = unit_rows(_embed(embed, history.post_tokens))
-            else:
-                assert self.bow is not None
-                vectors = self.bow.transform(history.post_tokens)
+        with self._lock:  # the daemon's request threads share the cache
+            vectors = self._past_vectors.get(cache_key)
+            if vectors is not None:
+                self._past_vectors.move_to_end(cache_key)
+                return vectors
+        if kind == "model":  # computed outside the lock: two threads may both compute it
+            assert embed is not None
+            vectors = unit_rows(_embed(embed, history.post_tokens))
+        else:
+            assert self.bow is not None
+            vectors = self.bow.transform(history.post_tokens)
+        with self._lock:
             self._past_vectors[cache_key] = vectors
             if len(self._past_vectors) > self.cache_size:
                 self._past_vectors.popitem(last=False)
-        else:
-            self._past_vectors.move_to_end(cache_key)
         return vectors
 
 

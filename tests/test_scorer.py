@@ -172,3 +172,24 @@ def test_feed_without_history_is_a_cold_start_by_popularity():
     store = FeedStore(popular={"c2": 50.0, "c1": 3.0})
     items, cold = feed_scorer(store, vectors, ["a", "b", "c"]).feed("new", k=2)
     assert cold and [i.post_id for i in items] == ["c2", "c1"]
+
+
+def test_a_new_post_by_the_author_is_used_at_once_and_the_cache_stays_bounded():
+    weights = PersonalizeWeights(count=1.0, similarity=4.0, lexical=4.0)
+    offline, scorer, store = scorers(weights)
+    scorer.hub.personalizer = Personalizer(weights, offline.personalizer.bow, cache_size=2)
+    before = scorer.suggest("rain again", k=3, user_id="u")
+    tokens = parse_post_text("rain rain cloud again").tokens
+    store._authored["u"].append(("h6", ["italy"], list(tokens)))
+    profiles = AuthorProfiles.from_posts(
+        Post(pid, "u", float(i), tuple(words), tuple(tags))
+        for i, (pid, tags, words) in enumerate(store._authored["u"]))
+    library = PersonalizedScorer(offline.content, profiles, weights, offline.personalizer.bow)
+    row = library.scores([Post("q", "u", None, parse_post_text("rain again").tokens, ())])[0]
+    after = scorer.suggest("rain again", k=3, user_id="u")
+    assert [t for t, _ in after] == [TAGS[i] for i in np.argsort(-row, kind="stable")[:3]]
+    assert after != before  # 'italy' now has a past post just like the query
+    for user in ("a", "b", "c"):
+        store._authored[user] = store._authored["u"]
+        scorer.suggest("rain", k=3, user_id=user)
+    assert len(scorer.hub.personalizer._past_vectors) <= 2
