@@ -21,7 +21,8 @@ _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _MENTION = re.compile(r"(?<![\w@])@\w{1,30}")
 # A hashtag starts at a word boundary and holds word characters (any script) plus inner '_'/'-'.
 _HASHTAG = re.compile(r"(?<![\w#&])#(\w(?:[\w-]*\w)?)")
-_TOKEN = re.compile(r"<url>|<user>|\d+(?:[.,:]\d+)+|\w+(?:['’]\w+)*|[^\w\s]")
+# The placeholders are tokens too, so that tokenising joined tokens gives them back (replays).
+_TOKEN = re.compile(r"<url>|<user>|<num>|\d+(?:[.,:]\d+)+|\w+(?:['’]\w+)*|[^\w\s]")
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*(?:st|nd|rd|th|k|m|s)?")
 # Joiners and variation selectors glue emoji sequences together; they carry no meaning alone.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200d\ufe0e\ufe0f\u200b\u200c\u2060\ufeff"), None)

@@ -1,3 +1,6 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tagspace.text import (
     NUM_TOKEN,
     URL_TOKEN,
@@ -47,3 +50,19 @@ def test_invisible_characters_are_removed_before_hashtags_are_extracted():
     assert parsed.hashtags == ("foobar",) and parsed.tokens == ("baz",)
     assert extract_hashtags("\ufeff#zero\u200bwidth #nyc\ufe0f") == ("zerowidth", "nyc")
     assert normalize_tag("#Snow\u200c") == "snow"
+
+
+def test_tokenising_joined_tokens_gives_them_back():
+    # `tagspace replay` and the daemon's API receive posts as joined tokens: the placeholders
+    # must survive a second pass (``<num>`` used to split into '<', 'num', '>')
+    for text in ("a &lt; 42", "orwell's 1984 will be here by 2024 @bob http://x.co/y",
+                 "portland [98-101] la lakers: 7 8 |", "¿qué? 3rd place 🎉🎉"):
+        tokens = tokenize(text)
+        assert tokenize(" ".join(tokens)) == tokens, text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80))
+def test_tokenize_is_idempotent_on_any_text(text):
+    tokens = tokenize(text)
+    assert tokenize(" ".join(tokens)) == tokens
