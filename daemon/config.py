@@ -89,7 +89,8 @@ class Settings:
     hidden: int = _s(1000, "CNN filters H of a fresh model", "model")
     word_capacity: int = _s(200_000, "rows preallocated for words", "model")
     tag_capacity: int = _s(100_000, "rows preallocated for hashtags", "model")
-    min_word_count: int = _s(2, "occurrences before a new word gets a row", "model")
+    min_word_count: int = _s(1, "occurrences before a new word gets a row (prequential "
+                             "study: 1 beats 2 on both data sets, docs/MODEL.md)", "model")
     min_tag_count: int = _s(2, "occurrences before a new hashtag gets a row", "model")
     lr: float = _s(0.02, "AdaGrad step of online training", "model")
     negatives: int = _s(500, "WARP negatives per step", "model")

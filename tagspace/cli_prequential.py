@@ -27,7 +27,7 @@ def prequential_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=0.02, help="AdaGrad step")
     p.add_argument("--negatives", type=int, default=500, help="WARP negatives per step")
     p.add_argument("--batch-size", type=int, default=16, help="posts per step")
-    p.add_argument("--min-word-count", type=int, default=2, help="admission: word occurrences")
+    p.add_argument("--min-word-count", type=int, default=1, help="admission: word occurrences")
     p.add_argument("--min-tag-count", type=int, default=2, help="admission: tag occurrences")
     p.add_argument("--word-capacity", type=int, default=200_000, help="rows for words")
     p.add_argument("--tag-capacity", type=int, default=100_000, help="rows for hashtags")
