@@ -122,6 +122,17 @@ def test_stop_counts_the_posts_left_in_the_queue_and_those_offered_after():
     assert skipped(metrics, "stopping") == 9 and trained(metrics) == 0
 
 
+def train_until_accounted(online, metrics, posts):  # type: ignore[no-untyped-def]
+    """One worker trains on ``posts`` until each is counted as trained or skipped."""
+    trainer = OnlineTrainer(online, metrics, workers=1, batch_size=4, queue_size=100)
+    trainer.start()
+    try:
+        trainer.offer(posts)
+        wait_for(lambda: accounted(metrics) == len(posts))
+    finally:
+        trainer.stop()
+
+
 def test_a_failed_step_counts_its_posts():
     online, stream = online_with_topics()
     metrics = Metrics()
@@ -130,13 +141,7 @@ def test_a_failed_step_counts_its_posts():
         raise RuntimeError("boom")
 
     online.train = broken  # type: ignore[method-assign]
-    trainer = OnlineTrainer(online, metrics, workers=1, batch_size=4, queue_size=100)
-    trainer.start()
-    try:
-        trainer.offer(stream[:6])
-        wait_for(lambda: accounted(metrics) == 6)
-    finally:
-        trainer.stop()
+    train_until_accounted(online, metrics, stream[:6])
     assert skipped(metrics, "error") == 6
 
 
@@ -146,13 +151,7 @@ def test_a_diverged_model_is_dropped_counted_and_never_trained_on():
         online.model.encoder.out.bias[0] = float("nan")
     params = {k: v.detach().clone() for k, v in online.model.state_dict().items()}
     metrics = Metrics()
-    trainer = OnlineTrainer(online, metrics, workers=1, batch_size=4, queue_size=100)
-    trainer.start()
-    try:
-        trainer.offer(stream[:8])
-        wait_for(lambda: accounted(metrics) == 8)
-    finally:
-        trainer.stop()
+    train_until_accounted(online, metrics, stream[:8])
     assert skipped(metrics, "nonfinite") == 8 and trained(metrics) == 0
     assert value(metrics, "tagspace_training_steps_dropped_total", reason="nonfinite") >= 2
     for k, v in online.model.state_dict().items():  # not one update applied
