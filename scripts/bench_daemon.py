@@ -212,6 +212,9 @@ def redis_memory(url: str, prefix: str, n_posts: int) -> dict:
     r = redis.Redis.from_url(url)
     posts = [k for k in r.scan_iter(match=f"{prefix}:post:*", count=1000)][:500]
     per_post = np.mean([r.memory_usage(k, samples=0) for k in posts])
+    # each tagged post also sits in its author's newest-posts list (personalized suggestions)
+    authored = sum(r.memory_usage(k, samples=0) or 0
+                   for k in r.scan_iter(match=f"{prefix}:authored:*", count=1000))
     # a user with a full history (200 positive interactions) and a seen set of the same size
     store = Store(r, "memuser")
     from daemon.records import Interaction
@@ -224,6 +227,7 @@ def redis_memory(url: str, prefix: str, n_posts: int) -> dict:
                          for i in range(50)])
     store.clear()
     return {"bytes_per_post_hash": round(float(per_post)),
+            "bytes_per_post_in_authored_lists": round(authored / max(n_posts, 1)),
             "bytes_per_user_200_history": int(per_user),
             "bytes_per_interaction_dedup_key": round(float(per_event)),
             "note": f"d=64 float32 embedding + metadata; {len(posts)} post keys sampled"}
