@@ -49,9 +49,8 @@ class ModelHub:
         self.metrics = metrics  # counts refused checkpoints (result="diverged") when given
         self._rejected: set[str] = set()  # published versions found diverged (serve role)
         self.capacity, self.train = capacity, train
-        self.source, self.online, self.version = self._load(capacity, train, fresh)
-        self.personalizer = Personalizer(*load_personalization(
-            self._source_dir, self._source_extra, DEFAULT_WEIGHTS))
+        self.source, self.online, self.version, self.personalizer = self._load(
+            capacity, train, fresh)
         self.version_time = time.time()
         self._lock = threading.Lock()
 
@@ -60,27 +59,27 @@ class ModelHub:
         return self.model_dir / "checkpoints"
 
     def _load(self, capacity: Capacity, train: TrainConfig,
-              fresh: ModelConfig) -> tuple[str, OnlineTagSpace, int]:
+              fresh: ModelConfig) -> tuple[str, OnlineTagSpace, int, Personalizer]:
         latest = self.checkpoints / "LATEST"
         if latest.is_file():
             path = self.checkpoints / latest.read_text().strip()
             checkpoint = load_checkpoint(path, keep_free_rows=True)
             if nonfinite_parameters(checkpoint.tagger.model):
                 path, checkpoint = self._last_good(path)
-            self._source_dir, self._source_extra = path, checkpoint.extra
             version = int(checkpoint.extra.get("version", 0))
             log.info("resuming from checkpoint %s (version %d)", path, version)
             return "checkpoint", restore_online(checkpoint.tagger, capacity, train,
-                                                checkpoint.arrays), version
+                                                checkpoint.arrays), version, \
+                _personalizer(path, checkpoint.extra)
         if (self.model_dir / "config.json").is_file():
             checkpoint = load_checkpoint(self.model_dir, keep_free_rows=True)
-            self._source_dir, self._source_extra = self.model_dir, checkpoint.extra
             log.info("loaded the trained model in %s", self.model_dir)
             return "trained", restore_online(checkpoint.tagger, capacity, train,
-                                             checkpoint.arrays), 1
+                                             checkpoint.arrays), 1, \
+                _personalizer(self.model_dir, checkpoint.extra)
         log.info("no model in %s: starting a fresh one", self.model_dir)
-        self._source_dir, self._source_extra = self.model_dir, {}
-        return "fresh", OnlineTagSpace.fresh(fresh, capacity, train), 1
+        return "fresh", OnlineTagSpace.fresh(fresh, capacity, train), 1, \
+            _personalizer(self.model_dir, {})
 
     def _last_good(self, diverged: Path) -> tuple[Path, Checkpoint]:
         """The newest version older than a diverged one whose weights are all finite."""
@@ -115,8 +114,7 @@ class ModelHub:
                       "version %d", name, ", ".join(bad), self.version)
             return False
         online = restore_online(checkpoint.tagger, self.capacity, self.train, checkpoint.arrays)
-        personalizer = Personalizer(*load_personalization(
-            self.checkpoints / name, checkpoint.extra, DEFAULT_WEIGHTS))
+        personalizer = _personalizer(self.checkpoints / name, checkpoint.extra)
         self.online, self.personalizer = online, personalizer
         self.version = int(checkpoint.extra.get("version", name[1:]))
         self.version_time = time.time()
@@ -163,3 +161,8 @@ class ModelHub:
         for old in sorted(self.checkpoints.glob("v*"))[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return path
+
+
+def _personalizer(model_dir: Path, extra: dict) -> Personalizer:
+    """The personalization a model directory was saved with (tuned weights and IDF)."""
+    return Personalizer(*load_personalization(model_dir, extra, DEFAULT_WEIGHTS))

@@ -34,7 +34,8 @@ class Tagger:
         self.pad_id, self.unk_id = special_ids(words)
         # A plain vocabulary can still hold free rows' placeholders (a snapshot of an online
         # model): they are never tags. An online vocabulary says which rows are in use itself.
-        placeholders = [i for i, t in enumerate(tags.tokens) if t.startswith(FREE_PREFIX)]
+        placeholders = [] if tags.active_mask() is not None else \
+            [i for i, t in enumerate(tags.tokens) if t.startswith(FREE_PREFIX)]
         self._free_rows = np.asarray(placeholders, np.int64) if placeholders else None
 
     @property
