@@ -149,7 +149,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     @app.get("/v1/feed/{user_id}", response_model=FeedResponse)
     def feed(user_id: str = Path(max_length=MAX_ID_CHARS),
              k: int = Query(20, ge=1, le=1000)) -> dict[str, Any]:
-        items, cold = daemon.scorer.feed(user_id, k_checked(k))
+        items, cold = daemon.feeds.feed(user_id, k_checked(k))
         return {"user_id": user_id, "items": [{"post_id": i.post_id, "score": i.score}
                                               for i in items],
                 "model_version": daemon.hub.version, "cold_start": cold}

@@ -23,6 +23,7 @@ import uvicorn
 from daemon.api import create_app
 from daemon.candidates import CandidateIndex
 from daemon.config import Settings, host_port
+from daemon.feed import FeedRanker
 from daemon.ingest import Ingestor
 from daemon.metrics import Metrics
 from daemon.model_hub import ModelDiverged, ModelHub
@@ -59,7 +60,8 @@ class Daemon:
         self.trainer = (OnlineTrainer(self.hub.online, self.metrics, s.workers, s.batch_size,
                                       s.train_queue) if s.trains else None)
         self.candidates = CandidateIndex(self.store, s.recent_posts, dim)
-        self.scorer = Scorer(self.hub, self.store, self.candidates, s.feed_history)
+        self.scorer = Scorer(self.hub, self.store)
+        self.feeds = FeedRanker(self.hub, self.store, self.candidates, s.feed_history)
         self.redis_ok = False
         self.ingestor = Ingestor(s, self.store, self.hub, self.trainer, self.metrics,
                                  on_redis_state=self._set_redis_state)

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from daemon.candidates import CandidateView
 from daemon.scorer import Scorer
 from tagspace.bow import BagOfWords
 from tagspace.dataset import Post
@@ -78,7 +77,7 @@ def scorers(weights: PersonalizeWeights):
                                              min_tag_count=1), TRAIN)
     hub = SimpleNamespace(online=online, version=3, personalizer=Personalizer(weights, bow))
     store = FakeStore({"u": [(p.post_id, list(p.tags), list(p.tokens)) for p in history_posts]})
-    return offline, Scorer(hub, store, candidates=None, feed_history=10), store
+    return offline, Scorer(hub, store), store
 
 
 @pytest.mark.parametrize("weights", [
@@ -123,55 +122,6 @@ def test_one_redis_read_per_personalized_request():
     scorer.suggest("pasta", k=3, user_id="u")
     scorer.suggest("pasta", k=3, user_id="u")
     assert store.reads == 2
-
-
-class FeedStore:
-    def __init__(self, seen=(), history=(), popular=None):
-        self._seen, self._history, self._popular = set(seen), list(history), popular or {}
-
-    def seen(self, user_id):
-        return self._seen
-
-    def history(self, user_id, limit):
-        return self._history[:limit]
-
-    def posts(self, post_ids, with_tokens=False):
-        return [self.stored[p] for p in post_ids]
-
-    def most_popular(self, limit):
-        return self._popular
-
-
-def feed_scorer(store, vectors, authors):
-    ids = [f"c{i}" for i in range(len(vectors))]
-    codes = {a: i for i, a in enumerate(sorted(set(authors)))}
-    view = CandidateView(ids, np.array([codes[a] for a in authors], np.int64),
-                         np.full(len(ids), 1e9), np.asarray(vectors, np.float32),
-                         {p: i for i, p in enumerate(ids)}, codes)
-    candidates = SimpleNamespace(snapshot=lambda: view)
-    hub = SimpleNamespace(version=1)
-    return Scorer(hub, store, candidates, feed_history=10)
-
-
-def test_feed_ranks_by_max_cosine_and_skips_own_and_seen_posts():
-    from daemon.store import StoredPost
-
-    vectors = [[1, 0], [0.8, 0.6], [0, 1], [-1, 0], [0.6, 0.8]]
-    authors = ["a", "b", "me", "b", "b"]
-    store = FeedStore(seen={"c0"}, history=["h"])
-    store.stored = {"h": StoredPost("h", "x", 0.0, [], [], np.array([1.0, 0.0], np.float32), 1)}
-    items, cold = feed_scorer(store, vectors, authors).feed("me", k=10)
-    assert not cold
-    # c0 seen, c2 the user's own; the rest by cosine to the one history post (1, 0)
-    assert [i.post_id for i in items] == ["c1", "c4", "c3"]
-    np.testing.assert_allclose([i.score for i in items], [0.8, 0.6, -1.0], atol=1e-6)
-
-
-def test_feed_without_history_is_a_cold_start_by_popularity():
-    vectors = [[1, 0], [0, 1], [1, 1]]
-    store = FeedStore(popular={"c2": 50.0, "c1": 3.0})
-    items, cold = feed_scorer(store, vectors, ["a", "b", "c"]).feed("new", k=2)
-    assert cold and [i.post_id for i in items] == ["c2", "c1"]
 
 
 def test_a_new_post_by_the_author_is_used_at_once_and_the_cache_stays_bounded():
