@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,8 +20,18 @@ import torch
 from tagspace.batch import MAX_TOKENS
 from tagspace.checkpoint import WORD_SPECIALS
 from tagspace.dataset import Post
-from tagspace.hogwild import HogwildWorker, PendingStep, TrainConfig
+from tagspace.hogwild import TrainConfig
 from tagspace.model import ModelConfig, TagSpaceModel
+from tagspace.online_steps import (  # noqa: F401 - re-exported: the reasons and the Guard
+    EXPLODING_LOSS,
+    NONFINITE,
+    TAG_NOT_ADMITTED,
+    TOO_FEW_TAGS,
+    EncodedBatch,
+    Guard,
+    HogwildSteps,
+    OnlineStep,
+)
 from tagspace.online_vocab import Admission, OnlineVocabulary
 from tagspace.tagger import Tagger
 from tagspace.vocab import Vocabulary
@@ -33,36 +43,6 @@ class Capacity:
     tags: int = 100_000  # the paper's 100k tags
     min_word_count: int = 2
     min_tag_count: int = 2
-
-
-# Why a post handed to ``train`` was not trained on (``OnlineStep.skipped``)
-TAG_NOT_ADMITTED = "tag_not_admitted"  # none of its tags is in the vocabulary (yet)
-TOO_FEW_TAGS = "too_few_tags"  # under 2 tags in use: no negative to rank against
-NONFINITE = "nonfinite"  # its step was dropped: a non-finite loss or gradient
-EXPLODING_LOSS = "exploding_loss"  # its step was dropped: loss far above its running mean
-
-
-@dataclass(frozen=True)
-class Guard:
-    """When a step is dropped rather than applied, so the live model cannot silently degrade:
-    a non-finite loss, post embedding or gradient (a diverged or corrupted model), or a loss
-    per example over ``loss_factor`` x its running mean (floored at ``loss_floor``), once
-    ``warmup_steps`` steps have set that mean."""
-
-    loss_factor: float = 100.0
-    loss_floor: float = 1.0
-    warmup_steps: int = 20
-    decay: float = 0.99  # running mean: m <- decay * m + (1 - decay) * loss per example
-
-
-@dataclass(frozen=True)
-class OnlineStep:
-    examples: int  # posts trained on
-    loss: float
-    trials: float  # WARP draws per example
-    stale_rows: int = 0  # rows not updated: evicted and given to another token meanwhile
-    skipped: Mapping[str, int] = field(default_factory=dict)  # posts not trained on, by reason
-    dropped: str | None = None  # the step was computed but not applied: NONFINITE, ...
 
 
 @dataclass(frozen=True)
@@ -87,12 +67,10 @@ class OnlineTagSpace:
         self.tagger = Tagger(model, words, tags)
         self.words, self.tags = words, tags
         self.train_config = train
-        self.guard = guard or Guard()
-        self.loss_mean, self.loss_steps = 0.0, 0  # applied steps' loss per example
         self._vocab_lock = threading.Lock()  # vocabularies change under it; the weights do not
-        self._workers: dict[int, HogwildWorker] = {}
-        self._next_rank = 0
-        self._pool = np.flatnonzero(tags.active)  # WARP negatives: tags in use
+        self.steps = HogwildSteps(model, train, self.tagger.pad_id, self.tagger.unk_id,
+                                  (words.row_generation, tags.row_generation), guard)
+        self.steps.set_pool(np.flatnonzero(tags.active))  # WARP negatives: tags in use
 
     @classmethod
     def fresh(cls, config: ModelConfig, capacity: Capacity, train: TrainConfig,
@@ -134,10 +112,9 @@ class OnlineTagSpace:
             # before this point never applies an update to them
             self.words.renew(a.row for a in new_words)
             self.tags.renew(a.row for a in new_tags)
-            self._pool = np.flatnonzero(self.tags.active)
-            for worker in self._workers.values():
-                worker.reset_rows([a.row for a in new_words], [a.row for a in new_tags])
-                worker.negative_pool = self._pool
+            self.steps.reset_rows([a.row for a in new_words], [a.row for a in new_tags])
+            if new_tags:
+                self.steps.set_pool(np.flatnonzero(self.tags.active))
             return new_words + new_tags
 
     def _relink(self, new_words: Sequence[Admission], new_tags: Sequence[Admission]) -> None:
@@ -167,10 +144,26 @@ class OnlineTagSpace:
                                   len(gold.intersection(best.tolist()))))
         return out
 
+    @property
+    def guard(self) -> Guard:
+        return self.steps.guard
+
+    @property
+    def loss_mean(self) -> float:
+        return self.steps.loss_mean
+
+    @property
+    def loss_steps(self) -> int:
+        return self.steps.loss_steps
+
     def train(self, posts: Sequence[Post]) -> OnlineStep:
         """One WARP step on the calling thread's worker (Hogwild: threads never wait for each
         other's updates). Posts not trained on are counted in ``skipped`` by reason; a step
         that fails the ``Guard`` is not applied (``dropped``)."""
+        return self.steps.step(self.encode(posts))
+
+    def encode(self, posts: Sequence[Post]) -> EncodedBatch:
+        """Posts as rows for a step; those without a tag in use are left out (counted)."""
         since = (self.words.generation, self.tags.generation)  # before encoding: see apply
         words, gold = [], []
         skipped: Counter[str] = Counter()
@@ -182,50 +175,7 @@ class OnlineTagSpace:
                 gold.append(tags)
             else:
                 skipped[TAG_NOT_ADMITTED] += 1
-        if gold and len(self._pool) < 2:
-            skipped[TOO_FEW_TAGS] += len(gold)
-            gold = []
-        if not gold:
-            return OnlineStep(0, 0.0, 0.0, skipped=dict(skipped))
-        worker = self._worker()
-        pending = worker.forward(words, gold)
-        per_example = pending.stats.loss / len(gold)
-        dropped = self._check(pending, per_example)
-        if dropped is not None:
-            skipped[dropped] += len(gold)
-            return OnlineStep(0, 0.0, 0.0, skipped=dict(skipped), dropped=dropped)
-        stats = worker.apply(pending, since)
-        self._track_loss(per_example)
-        return OnlineStep(stats.examples, stats.loss, stats.trials, stats.stale_rows,
-                          dict(skipped))
-
-    def _check(self, pending: PendingStep, per_example: float) -> str | None:
-        if not pending.is_finite():
-            return NONFINITE
-        guard = self.guard
-        if self.loss_steps >= guard.warmup_steps and \
-                per_example > guard.loss_factor * max(self.loss_mean, guard.loss_floor):
-            return EXPLODING_LOSS
-        return None
-
-    def _track_loss(self, per_example: float) -> None:
-        # Shared by the workers without a lock: an approximate mean is enough here.
-        decay = self.guard.decay if self.loss_steps else 0.0
-        self.loss_mean = decay * self.loss_mean + (1.0 - decay) * per_example
-        self.loss_steps += 1
-
-    def _worker(self) -> HogwildWorker:
-        key = threading.get_ident()
-        worker = self._workers.get(key)
-        if worker is None:
-            with self._vocab_lock:
-                self._next_rank += 1
-                worker = HogwildWorker(self.model, self.train_config, self._next_rank,
-                                       self.tagger.pad_id, self.tagger.unk_id)
-                worker.negative_pool = self._pool
-                worker.row_generation = (self.words.row_generation, self.tags.row_generation)
-                self._workers[key] = worker
-        return worker
+        return EncodedBatch(words, gold, since, dict(skipped))
 
     def snapshot(self) -> Tagger:
         """A consistent copy for checkpointing: vocabularies and weights taken together."""

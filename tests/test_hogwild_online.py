@@ -20,7 +20,7 @@ def evict_during_the_step(online: OnlineTagSpace, evict):  # type: ignore[no-unt
     """Run ``evict`` once in the middle of the next step, after its batch was encoded and
     before its update (as another thread's ``observe`` could), deterministically: a hook on
     the worker's encoder. Returns the tables as they were right after ``evict``."""
-    worker = online._worker()
+    worker = online.steps._worker()
     seen = {}
 
     def hook(module, inputs, output):  # type: ignore[no-untyped-def]
@@ -65,7 +65,7 @@ def test_an_exploding_loss_drops_the_step_and_leaves_the_model_as_it_was():
     from tests.test_online import topics
 
     online = small_model(words=64, tags=16, min_word_count=1, min_tag_count=1)
-    online.guard = Guard(warmup_steps=5)
+    online.steps.guard = Guard(warmup_steps=5)
     stream = topics(48)
     for p in stream:
         online.observe(p, clock=float(p.ts))

@@ -177,7 +177,7 @@ def test_the_daemon_trains_a_tagspace_train_model_without_dropout(tmp_path):
     hub = ModelHub(tmp_path / "trained", Capacity(words=64, tags=16), train, config)
     online = hub.online
     assert hub.source == "trained" and online.model.config.dropout == 0.0
-    worker = online._worker()  # the encoder a Hogwild step trains, in training mode
+    worker = online.steps._worker()  # the encoder a Hogwild step trains, in training mode
     assert worker.encoder.training
     ids, mask = online.tagger._batch([["pasta", "the", "a"]] * 4)
     with torch.no_grad():
