@@ -5,13 +5,20 @@ newest tagged posts in Redis personalize the ranking through the library's ``Per
 (the same terms, weights and IDF as ``tagspace evaluate --personalize``: z-scored content score,
 the author's tag counts, max model and TF-IDF cosine to their past posts with the tag, tag
 popularity). An author with no tagged post gets the content ranking. Feeds are ``daemon.feed``.
+
+Per request the work is over the tags in use only (``Tagger.score_active``: N of the table's
+capacity rows, read live, since Hogwild threads update the tag vectors in place) and the top k
+is an O(N) selection on that compact row. The rows in use are cached per vocabulary generation
+by the tagger; a reloaded model version comes with a new tagger, so with a new cache. Scores
+stay fp32: bf16 was measured slower or no faster at these sizes (one query x 19k..100k tags x
+d=64; the encoder of one post) and would move rankings off the offline evaluation's
+(``scripts/bench_suggest.py``).
 """
 
 from __future__ import annotations
 
 from daemon.model_hub import ModelHub
 from daemon.store import Store
-from tagspace.dataset import Post
 from tagspace.personalize import AuthorHistory
 from tagspace.tagger import top_k
 from tagspace.text import parse_post_text
@@ -25,11 +32,12 @@ class Scorer:
         online, version, personalizer = self.hub.online, self.hub.version, self.hub.personalizer
         tagger = online.tagger
         tokens = parse_post_text(text).tokens
-        scores = tagger.scores([Post("", user_id, None, tokens, ())])
+        active = tagger.score_active([tokens])
+        scores = active.scores
         past = self.store.authored(user_id) if user_id else []
         if past:
             history = AuthorHistory.of_posts((tags, words) for _, tags, words in past)
             # the model's vectors of this history: reusable until the version or history moves
             key = (user_id, version, len(past), past[-1][0])
-            scores = personalizer.scores(tagger, scores, [tokens], [history], [key])
-        return [(s.tag, s.score) for s in top_k(scores[0], online.tags, k)]
+            scores = personalizer.scores_active(tagger, active, [tokens], [history], [key])
+        return [(s.tag, s.score) for s in top_k(scores[0], online.tags, k, active.tags.rows)]

@@ -20,10 +20,16 @@ author terms are zero, and the popularity term is added for every post alike).
 histories from files) and the daemon (histories from Redis) both rank through it, with the
 weights and the IDF stored beside the model (``save_personalization``). Tags that are not in use
 (the free rows of an online vocabulary, scored -inf) take no part in the z-scores.
+
+Offline, ``Personalizer.scores`` works on the full (P, n_tags) score matrix; the daemon calls
+``Personalizer.scores_active`` on the compact scores of the tags in use (``Tagger.score_active``):
+the same terms over the same tags, the z-scores over the same finite scores, so the same
+ranking, without any per-request work in proportion to the tag table's capacity.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections import Counter, OrderedDict
@@ -33,13 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sps
 
 from tagspace.bow import IDF_FILE, BagOfWords
 from tagspace.dataset import Post
 from tagspace.evaluate import TagScorer
 from tagspace.metrics import RankingMetrics, gold_ranks, ranking_metrics
 from tagspace.recommend import unit_rows
+from tagspace.tagger import ActiveScores
 from tagspace.vocab import Vocabulary
 
 MAX_HISTORY_POSTS = 200  # newest kept: the recent past predicts best and bounds the cost
@@ -124,13 +130,45 @@ class AuthorProfiles:
         return len(self.histories)
 
 
-@dataclass
-class HistoryFeatures:
-    """Per (post, tag) author features, sparse (P, N): nonzero only on the author's tags."""
+@dataclass(frozen=True)
+class Entries:
+    """The nonzero entries of a sparse (P, N) matrix: one (row, col, value) per (post, tag)."""
 
-    count: sps.csr_matrix
-    similarity: sps.csr_matrix
-    lexical: sps.csr_matrix
+    row: np.ndarray  # int64
+    col: np.ndarray  # int64
+    value: np.ndarray  # float32
+
+    @classmethod
+    def of(cls, part: tuple[list[int], list[int], list[float]]) -> Entries:
+        return cls(np.asarray(part[0], np.int64), np.asarray(part[1], np.int64),
+                   np.asarray(part[2], np.float32))
+
+    def dense(self, shape: tuple[int, int]) -> np.ndarray:
+        out = np.zeros(shape, np.float32)
+        out[self.row, self.col] = self.value
+        return out
+
+
+@dataclass(frozen=True)
+class HistoryFeatures:
+    """Per (post, tag) author features of a (P, N) score matrix, sparse: nonzero only on the
+    author's tags (a few dozen entries a post, so plain arrays, no sparse-matrix machinery)."""
+
+    shape: tuple[int, int]
+    count: Entries
+    similarity: Entries
+    lexical: Entries
+
+    def select(self, rows: np.ndarray) -> HistoryFeatures:
+        """The features of the tags ``rows`` (ascending ids) only: column j is tag ``rows[j]``
+        (the compact columns of ``Tagger.score_active``)."""
+        out = {}
+        for name in ("count", "similarity", "lexical"):
+            e: Entries = getattr(self, name)
+            at = np.searchsorted(rows, e.col).clip(max=max(len(rows) - 1, 0))
+            keep = rows[at] == e.col if len(rows) else np.zeros(len(e.col), bool)
+            out[name] = Entries(e.row[keep], at[keep], e.value[keep])
+        return HistoryFeatures((self.shape[0], len(rows)), **out)
 
 
 def history_features(
@@ -141,7 +179,6 @@ def history_features(
 ) -> HistoryFeatures:
     """``*_sims[i]``: cosine of post i to each of its author's past posts (aligned with
     ``history.post_tags``), or None; a tag's feature is the max over the posts that carry it."""
-    shape = (len(histories), len(tags))
     parts: dict[str, tuple[list[int], list[int], list[float]]] = {
         k: ([], [], []) for k in ("count", "similarity", "lexical")}
     for row, history in enumerate(histories):
@@ -150,23 +187,31 @@ def history_features(
         for tag, n in history.counts.items():
             i = tags.get(tag)
             if i is not None:
-                _append(parts["count"], row, i, float(np.log1p(n)))
+                _append(parts["count"], row, i, _log1p_count(n))
+        post_rows: list[list[int]] | None = None  # each past post's tag ids, looked up once
         for name, sims in (("similarity", model_sims), ("lexical", lexical_sims)):
             if sims is None or sims[row] is None:
                 continue
+            if post_rows is None:
+                post_rows = [[i for i in map(tags.get, post_tags) if i is not None]
+                             for post_tags in history.post_tags]
             best: dict[int, float] = {}
             row_sims = sims[row]
-            assert row_sims is not None
-            for sim, post_tags in zip(row_sims, history.post_tags, strict=True):
-                for tag in post_tags:
-                    i = tags.get(tag)
-                    if i is not None and sim > best.get(i, 0.0):
-                        best[i] = float(sim)
+            assert row_sims is not None and len(row_sims) == len(post_rows)
+            for sim, ids in zip(np.asarray(row_sims).tolist(), post_rows, strict=True):
+                for i in ids:
+                    if sim > best.get(i, 0.0):
+                        best[i] = sim
             for i, value in best.items():
                 _append(parts[name], row, i, value)
-    built = {k: sps.csr_matrix((v[2], (v[0], v[1])), shape=shape, dtype=np.float32)
-             for k, v in parts.items()}
-    return HistoryFeatures(**built)
+    return HistoryFeatures((len(histories), len(tags)),
+                           **{k: Entries.of(v) for k, v in parts.items()})
+
+
+@functools.lru_cache(maxsize=4096)
+def _log1p_count(n: int) -> float:
+    """log(1 + n) of a tag count, memoised: numpy's scalar call costs ~0.6 us a tag."""
+    return float(np.log1p(n))
 
 
 def _append(part: tuple[list[int], list[int], list[float]], row: int, col: int, value: float):
@@ -195,16 +240,23 @@ def combine(
     for name in ("count", "similarity", "lexical"):
         w = getattr(weights, name)
         if w:
-            m = getattr(features, name).tocoo()
-            np.add.at(out, (m.row, m.col), w * m.data)
+            e = getattr(features, name)  # one entry per (post, tag): no two add to one cell
+            out[e.row, e.col] += w * e.value
     if weights.popularity:
         out += weights.popularity * popularity[None, :]
     return out
 
 
-def tag_popularity(tags: Vocabulary) -> np.ndarray:
-    """log(1 + count(t)) for every row of ``tags`` (0 for rows that hold no tag)."""
-    return np.log1p(np.asarray(tags.counts, np.float32))
+def tag_popularity(tags: Vocabulary, rows: np.ndarray | None = None) -> np.ndarray:
+    """log(1 + count(t)) for every row of ``tags`` (0 for rows that hold no tag), or for the
+    rows ``rows`` only."""
+    if rows is None:
+        return np.log1p(np.asarray(tags.counts, np.float32))
+    # An online vocabulary keeps its live counts as an array too: a gather of the N rows, not
+    # a conversion of the whole table's list per request.
+    counts = getattr(tags, "_count_arr", None)
+    picked = counts[rows] if counts is not None else np.asarray(tags.counts)[rows]
+    return np.log1p(picked.astype(np.float32))
 
 
 class Personalizer:
@@ -233,14 +285,30 @@ class Personalizer:
             np.zeros(0, np.float32)
         return combine(content_scores, features, self.weights, popularity)
 
+    def scores_active(self, content: TagScorer, active: ActiveScores,
+                      token_lists: Sequence[Sequence[str]],
+                      histories: Sequence[AuthorHistory | None],
+                      keys: Sequence[Hashable]) -> np.ndarray:
+        """(P, N): ``scores`` on the compact scores of the tags in use (``active``, from
+        ``content.score_active``): column j is tag ``active.tags.rows[j]``. The posts'
+        embeddings come with them, so the query is not encoded again."""
+        rows = active.tags.rows
+        features = self.features(content, token_lists, histories, keys,
+                                 embeddings=active.embeddings).select(rows)
+        popularity = tag_popularity(content.tags, rows) if self.weights.popularity else \
+            np.zeros(0, np.float32)
+        return combine(active.scores, features, self.weights, popularity)
+
     def features(self, content: TagScorer, token_lists: Sequence[Sequence[str]],
                  histories: Sequence[AuthorHistory | None], keys: Sequence[Hashable],
-                 all_terms: bool = False) -> HistoryFeatures:
-        """The author features; ``all_terms``: every term, even those weighted 0 (tuning)."""
+                 all_terms: bool = False,
+                 embeddings: np.ndarray | None = None) -> HistoryFeatures:
+        """The author features; ``all_terms``: every term, even those weighted 0 (tuning);
+        ``embeddings``: the posts' (P, d) model embeddings when the caller has them."""
         model_sims = lexical_sims = None
         embed: EmbedFn | None = getattr(content, "embed_tokens", None)
         if embed is not None and (all_terms or self.weights.similarity) and any(histories):
-            query = unit_rows(_embed(embed, token_lists))
+            query = unit_rows(_embed(embed, token_lists) if embeddings is None else embeddings)
             model_sims = [None if h is None else self._past("model", key, h, embed) @ query[i]
                           for i, (h, key) in enumerate(zip(histories, keys, strict=True))]
         if self.bow is not None and (all_terms or self.weights.lexical) and any(histories):

@@ -1,8 +1,22 @@
-"""A trained model with its vocabularies: embeds posts, scores every tag, suggests the top k."""
+"""A trained model with its vocabularies: embeds posts, scores every tag, suggests the top k.
+
+Two ways to score. ``Tagger.scores`` is the offline one: a (P, n_tags) matrix over every row of
+the tag table, -inf on rows that hold no tag. ``Tagger.score_active`` is the serving one: only
+the rows in use (``ActiveTags``: 19k of a 100k-row online table), as a compact (P, N) matrix,
+with nothing allocated per call in proportion to the table's capacity. Both compute the same
+fp32 dot products f(w, t) = e_conv(w) . e_lt(t) (+ the word-tag bonus).
+
+The set of rows in use changes online (``OnlineVocabulary``: admissions fill free rows or reuse
+evicted ones, and each bumps the vocabulary's ``generation``), so ``ActiveTags`` is cached per
+generation and rebuilt only after one. The tag *vectors* are never copied: Hogwild threads update
+them in place, so each call reads the live rows, as a view of the table when the rows in use are
+its first N rows (the usual case: free rows are taken lowest first) and through the row index
+otherwise. That is O(N d) per call, as the dot products themselves are.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +36,41 @@ class Suggestion:
     score: float
 
 
+@dataclass(frozen=True)
+class ActiveTags:
+    """The rows of a tag table that hold a tag, ascending, at one vocabulary ``key``."""
+
+    rows: np.ndarray  # (N,) int64, ascending
+    key: Hashable  # the vocabulary's generation when ``rows`` was read
+
+    @property
+    def span(self) -> int:
+        """Rows [0, span) of the table contain every row in use."""
+        return int(self.rows[-1]) + 1 if len(self.rows) else 0
+
+    @property
+    def prefix(self) -> bool:
+        """The rows in use are exactly the table's first N rows."""
+        return self.span == len(self.rows)
+
+    def positions(self, rows: np.ndarray) -> np.ndarray:
+        """The compact position of each of ``rows``, -1 for a row not in use."""
+        rows = np.asarray(rows, np.int64)
+        if self.prefix:
+            return np.where((rows >= 0) & (rows < len(self.rows)), rows, -1)
+        at = np.searchsorted(self.rows, rows).clip(max=len(self.rows) - 1)
+        return np.where(self.rows[at] == rows, at, -1)
+
+
+@dataclass(frozen=True)
+class ActiveScores:
+    """``Tagger.score_active``: the scores of the tags in use, and the posts' embeddings."""
+
+    tags: ActiveTags
+    scores: np.ndarray  # (P, N) f(w, t) for t = tags.rows
+    embeddings: np.ndarray  # (P, d) e_conv(w), for the personalization's similarity term
+
+
 class Tagger:
     """The scorer of a trained #TagSpace or WSABIE model (a ``TagScorer``)."""
 
@@ -37,6 +86,7 @@ class Tagger:
         placeholders = [] if tags.active_mask() is not None else \
             [i for i, t in enumerate(tags.tokens) if t.startswith(FREE_PREFIX)]
         self._free_rows = np.asarray(placeholders, np.int64) if placeholders else None
+        self._active: ActiveTags | None = None
 
     @property
     def name(self) -> str:
@@ -73,14 +123,61 @@ class Tagger:
             scores[:, self._free_rows] = -np.inf
         return scores
 
+    def active_tags(self) -> ActiveTags:
+        """The rows in use, cached until the vocabulary's ``generation`` moves (an online
+        vocabulary admitted or renewed a row); a plain vocabulary never changes."""
+        key = getattr(self.tags, "generation", None)  # read before the mask: never stale
+        cached = self._active  # one read: request threads share the cache
+        if cached is not None and cached.key == key:
+            return cached
+        active = self.tags.active_mask()
+        if active is not None:
+            rows = np.flatnonzero(active)
+        elif self._free_rows is not None:
+            rows = np.setdiff1d(np.arange(len(self.tags)), self._free_rows)
+        else:
+            rows = np.arange(len(self.tags))
+        self._active = ActiveTags(rows.astype(np.int64), key)
+        return self._active
+
+    @torch.no_grad()
+    def score_active(self, token_lists: Sequence[Sequence[str]]) -> ActiveScores:
+        """The serving path: f(w, t) for the tags in use only, (P, N), from the live weights;
+        the same values as ``scores`` on those columns."""
+        ids, mask = self._batch(token_lists)
+        model = self.model
+        emb = model.embed_posts(ids, mask)  # (P, d)
+        active = self.active_tags()
+        table = model.tag_emb.detach()  # the live table: Hogwild writes it in place
+        n, span = len(active.rows), active.span
+        if active.prefix:
+            scores = emb @ table[:span].T  # a view: no copy of the rows
+        elif 3 * n >= span:  # mostly in use: one product over the span, then the columns
+            scores = (emb @ table[:span].T)[:, torch.from_numpy(active.rows)]
+        else:
+            scores = emb @ table[torch.from_numpy(active.rows)].T  # gather the N rows
+        out = scores.numpy()
+        if model.config.word_tag_share:
+            # f(w, t) += beta * [t in w], on the few tags spelled as one of the post's words
+            present = model.tags_in_posts(ids).numpy()  # (P, L), -1 where none
+            beta = np.float32(model.copy_weight.item())
+            for b in range(len(out)):
+                at = active.positions(np.unique(present[b][present[b] >= 0]))
+                out[b, at[at >= 0]] += beta
+        return ActiveScores(active, out, emb.numpy())
+
     def suggest(self, text: str, k: int = 10) -> list[Suggestion]:
         post = Post("", None, None, tokenize(text), ())
         row = self.scores([post])[0]
         return top_k(row, self.tags, k)
 
 
-def top_k(row: np.ndarray, tags: Vocabulary, k: int) -> list[Suggestion]:
-    """The k best tags of one score row, best first (ties by tag id, as in the metrics)."""
+def top_k(row: np.ndarray, tags: Vocabulary, k: int,
+          rows: np.ndarray | None = None) -> list[Suggestion]:
+    """The k best tags of one score row, best first (ties by tag id, as in the metrics).
+
+    ``rows``: the tag id of each column when ``row`` is compact (``ActiveScores``, ascending
+    ids, so ties still go by tag id); None: column i is tag i."""
     k = max(0, min(k, len(row)))
     if k == 0:
         return []
@@ -90,4 +187,6 @@ def top_k(row: np.ndarray, tags: Vocabulary, k: int) -> list[Suggestion]:
         order = candidates[np.lexsort((candidates, -row[candidates]))][:k]
     else:
         order = np.argsort(-row, kind="stable")[:k]
-    return [Suggestion(tags.tokens[i], float(row[i])) for i in order if row[i] > -np.inf]
+    ids = order if rows is None else rows[order]
+    return [Suggestion(tags.tokens[t], float(row[i])) for i, t in zip(order, ids, strict=True)
+            if row[i] > -np.inf]

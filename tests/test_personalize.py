@@ -125,3 +125,44 @@ def test_the_idf_stored_beside_a_model_round_trips_exactly(tmp_path):
     assert (bow.transform(docs) != loaded.transform(docs)).nnz == 0
     assert load_personalization(tmp_path / "none", {}, PersonalizeWeights(lexical=1.0)) == \
         (PersonalizeWeights(lexical=1.0), None)
+
+
+def test_compact_columns_rank_as_the_full_matrix_with_free_rows():
+    """The daemon's compact path (tags in use only) against the offline full matrix whose
+    free rows are -inf: same features, same popularity, same z-scores, same ranking."""
+    from tagspace.personalize import Personalizer, tag_popularity
+    from tagspace.tagger import ActiveScores, ActiveTags
+
+    tags = Vocabulary(["news", "<free:1>", "cats", "nyc", "<free:4>"], [10, 0, 5, 1, 0])
+    rows = np.array([0, 2, 3])
+    profiles = AuthorProfiles.from_posts([post("u", ["nyc"], "kitten photo"),
+                                          post("u", ["cats", "nyc"], "subway again")])
+    history = profiles.get("u")
+    features = history_features(tags, [history, None])
+    picked = features.select(rows)
+    assert picked.shape == (2, 3)
+    np.testing.assert_array_equal(picked.count.dense(picked.shape),
+                                  features.count.dense(features.shape)[:, rows])
+    np.testing.assert_array_equal(tag_popularity(tags, rows), tag_popularity(tags)[rows])
+
+    class Content(FixedScorer):
+        def scores(self, posts):
+            return np.tile(np.array([1.0, -np.inf, 0.5, -1.0, -np.inf], np.float32),
+                           (len(posts), 1))
+
+    content = Content()
+    content.tags = tags
+    weights = PersonalizeWeights(count=1.0, similarity=2.0, lexical=3.0, popularity=0.5)
+    personalizer = Personalizer(weights, PersonalizedScorer(content, profiles, weights).
+                                personalizer.bow)
+    posts = [post("u", text="my kitten"), post("x", text="subway")]
+    tokens = [p.tokens for p in posts]
+    histories = [history, None]
+    full = personalizer.scores(content, content.scores(posts), tokens, histories, ["u", "x"])
+    compact = ActiveScores(ActiveTags(rows, None), content.scores(posts)[:, rows],
+                           content.embed_tokens(tokens))
+    served = personalizer.scores_active(content, compact, tokens, histories, ["u", "x"])
+    np.testing.assert_allclose(served, full[:, rows], rtol=1e-6)
+    for a, b in zip(served, full[:, rows], strict=True):
+        assert np.argsort(-a, kind="stable").tolist() == np.argsort(-b, kind="stable").tolist()
+    assert np.isinf(full[:, [1, 4]]).all()

@@ -143,3 +143,120 @@ def test_a_new_post_by_the_author_is_used_at_once_and_the_cache_stays_bounded():
         store._authored[user] = store._authored["u"]
         scorer.suggest("rain", k=3, user_id=user)
     assert len(scorer.hub.personalizer._past_vectors) <= 2
+
+
+# --- the serving path: the tags in use only, as a compact row -------------------------------
+
+
+def full_row(tagger: Tagger, text: str) -> np.ndarray:
+    return tagger.scores([Post("", None, None, parse_post_text(text).tokens, ())])[0]
+
+
+def assert_served_is_the_full_ranking(scorer: Scorer, text: str, user_id: str | None = None):
+    """The served answer for every tag equals the offline full-table ranking of the tags in use
+    (content only: the library's Tagger.scores with -inf on free rows)."""
+    tagger = scorer.hub.online.tagger
+    row = full_row(tagger, text)
+    order = [i for i in np.argsort(-row, kind="stable") if np.isfinite(row[i])]
+    served = scorer.suggest(text, k=1000, user_id=user_id)
+    assert [t for t, _ in served] == [tagger.tags.tokens[i] for i in order]
+    np.testing.assert_allclose([s for _, s in served], row[order], rtol=1e-6, atol=1e-6)
+
+
+def test_the_served_tags_follow_admissions_and_evictions_with_no_stale_cache():
+    _, scorer, _ = scorers(PersonalizeWeights())
+    online = scorer.hub.online
+    tagger = online.tagger
+    first = tagger.active_tags()
+    assert first.rows.tolist() == list(range(len(TAGS))) and first.prefix
+    assert tagger.active_tags() is first  # cached while the vocabulary holds still
+    assert_served_is_the_full_ranking(scorer, "pasta with garlic")
+    # a new tag is admitted (min_tag_count=1): served at once, at its warm-started row
+    online.observe(Post("n1", "v", 1.0, ("bake", "bread"), ("bread",)), clock=1.0)
+    assert tagger.active_tags() is not first
+    assert "bread" in [t for t, _ in scorer.suggest("bake bread", k=50, user_id=None)]
+    assert_served_is_the_full_ranking(scorer, "bake bread")
+    # fill the table (20 rows), then one more: the least recently seen tag is evicted
+    for i in range(20 - len(TAGS) - 1):
+        online.observe(Post(f"f{i}", "v", 2.0, ("sun",), (f"filler{i}",)), clock=2.0 + i)
+    assert online.tags.size == 20
+    online.observe(Post("n2", "v", 99.0, ("rain",), ("storm",)), clock=99.0)
+    served = [t for t, _ in scorer.suggest("rain cloud", k=50, user_id=None)]
+    assert "storm" in served and len(served) == 20
+    evicted = (set(TAGS) | {"bread"} | {f"filler{i}" for i in range(13)}) - set(served)
+    assert len(evicted) == 1 and not evicted & set(online.tags.tokens)
+    assert_served_is_the_full_ranking(scorer, "rain cloud")
+
+
+def online_tagger_with_rows(in_use: list[int], capacity: int = 20) -> Tagger:
+    """A Tagger over an online vocabulary whose rows in use are ``in_use`` (free rows between),
+    random weights and word-tag sharing (some tags are spelled as words)."""
+    from tagspace.online_vocab import FREE_PREFIX, OnlineVocabulary
+
+    torch = pytest.importorskip("torch")
+    base = trained_like_tagger(seed=1)
+    names = ["pasta", "goal", "rain"] + [f"t{i}" for i in range(capacity)]
+    tokens = [names.pop(0) if r in in_use else f"{FREE_PREFIX}{r}>" for r in range(capacity)]
+    tags = OnlineVocabulary.restore(Vocabulary(tokens, list(range(capacity, 0, -1))), capacity)
+    config = ModelConfig(**(base.model.config.to_dict() | {"n_tags": capacity}))
+    torch.manual_seed(2)
+    model = TagSpaceModel(config)
+    with torch.no_grad():
+        model.copy_weight.fill_(0.7)
+    model.link_words_to_tags(base.words.tokens, {t: i for i, t in enumerate(tags.tokens)
+                                                 if tags.active[i]})
+    return Tagger(model, base.words, tags)
+
+
+@pytest.mark.parametrize("in_use", [
+    list(range(7)),  # the usual case: the table's first rows (a view, no copy)
+    [0, 1, 2, 4, 5, 6, 8, 9],  # mostly in use, with holes: one product over the span
+    [1, 17],  # a few rows far apart: the rows are gathered
+])
+def test_score_active_equals_the_full_scores_on_the_rows_in_use(in_use):
+    tagger = online_tagger_with_rows(in_use)
+    texts = ["pasta and rain", "the goal", "nothing known here"]
+    active = tagger.score_active([parse_post_text(t).tokens for t in texts])
+    assert active.tags.rows.tolist() == in_use
+    full = tagger.scores([Post("", None, None, parse_post_text(t).tokens, ()) for t in texts])
+    np.testing.assert_allclose(active.scores, full[:, in_use], rtol=1e-6, atol=1e-7)
+    assert np.isinf(np.delete(full, in_use, axis=1)).all()
+    bonus = full[0, tagger.tags.index("pasta")] - full[1, tagger.tags.index("pasta")]
+    assert bonus != 0  # the word-tag bonus is in both
+    np.testing.assert_array_equal(active.embeddings, tagger.embed_tokens(
+        [parse_post_text(t).tokens for t in texts]).numpy())
+    assert active.tags.positions(np.array([in_use[-1], 3 if 3 not in in_use else 19, -1])) \
+        .tolist() == [len(in_use) - 1, -1, -1]
+
+
+def test_a_plain_vocabulary_with_placeholders_serves_only_its_tags():
+    from tagspace.online_vocab import FREE_PREFIX
+
+    base = trained_like_tagger()
+    tokens = list(base.tags.tokens)
+    tokens[2] = f"{FREE_PREFIX}2>"  # a snapshot's free row
+    tagger = Tagger(base.model, base.words, Vocabulary(tokens, [1] * len(tokens)))
+    assert tagger.active_tags().rows.tolist() == [0, 1, 3, 4, 5]
+    active = tagger.score_active([("pasta",)])
+    np.testing.assert_allclose(active.scores[0], full_row(tagger, "pasta")[[0, 1, 3, 4, 5]],
+                               rtol=1e-6)
+
+
+def test_personalized_ranking_stays_exact_after_the_vocabulary_moves():
+    weights = PersonalizeWeights(count=6.0, similarity=2.0, lexical=8.0, popularity=0.5)
+    offline, scorer, store = scorers(weights)
+    online = scorer.hub.online
+    scorer.suggest("pasta", k=3, user_id="u")  # caches the rows in use
+    online.observe(Post("n1", "u", 9.0, ("pasta", "bake"), ("italy", "pastry")), clock=9.0)
+    store._authored["u"].append(("n1", ["italy", "pastry"], ["pasta", "bake"]))
+    profiles = AuthorProfiles.from_posts(
+        Post(pid, "u", float(i), tuple(words), tuple(tags))
+        for i, (pid, tags, words) in enumerate(store._authored["u"]))
+    library = PersonalizedScorer(online.tagger, profiles, weights, offline.personalizer.bow)
+    for text in QUERIES + ["pasta bake"]:
+        row = library.scores([Post("q", "u", None, parse_post_text(text).tokens, ())])[0]
+        expected = [online.tags.tokens[i] for i in np.argsort(-row, kind="stable")
+                    if np.isfinite(row[i])]
+        served = scorer.suggest(text, k=50, user_id="u")
+        assert [t for t, _ in served] == expected
+        assert "pastry" in expected  # the new tag, with its count and popularity (live counts)
