@@ -5,8 +5,8 @@
   arrivals stream (XREAD) and times Kafka send -> embedding visible in Redis, per post.
 - ingest: --posts posts waiting in Kafka; sustained posts/s until all are stored, with online
   training on and off. Also Redis memory per post and per user (MEMORY USAGE, INFO).
-- serving: a model with --tags hashtags and --candidates stored posts; an open-loop client at
-  --rps requests/s for --seconds on POST /v1/suggest and GET /v1/feed; p50/p99 latency.
+- serving: moved to scripts/bench_serving.py (open-loop load on a trained model of real data,
+  a sweep of rates, the synthetic scale); `bench_daemon.py serving` says so.
 
 Writes JSON to --out. Usage: python scripts/bench_daemon.py all --out docs/results/daemon
 """
@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,11 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from daemon.config import Settings, settings_argv  # noqa: E402
 from daemon.embedded import create_topics, free_port, start_redis, start_tansu  # noqa: E402
 from daemon.store import Store  # noqa: E402
-from tagspace.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
-from tagspace.dataset import Post, read_posts  # noqa: E402
-from tagspace.hogwild import TrainConfig  # noqa: E402
-from tagspace.model import ModelConfig  # noqa: E402
-from tagspace.online import Capacity, OnlineTagSpace  # noqa: E402
+from tagspace.dataset import read_posts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGSPACE = Path(sys.executable).parent / "tagspace"
@@ -233,92 +228,18 @@ def redis_memory(url: str, prefix: str, n_posts: int) -> dict:
             "note": f"d=64 float32 embedding + metadata; {len(posts)} post keys sampled"}
 
 
-def bench_serving(stack: Stack, work: Path, n_tags: int, n_candidates: int, rps: float,
-                  seconds: float) -> dict:
-    name = "serve"
-    model_dir = work / name
-    config = ModelConfig(encoder="conv", dim=64, hidden=1000, dropout=0.0, word_tag_share=True)
-    online = OnlineTagSpace.fresh(config, Capacity(words=50_000, tags=n_tags, min_word_count=1,
-                                                   min_tag_count=1), TrainConfig())
-    for p in COOKING:
-        online.words.observe(p.tokens, 0.0)
-    for i in range(0, n_tags, 1000):
-        online.tags.observe([f"tag{j}" for j in range(i, min(i + 1000, n_tags))], 0.0)
-    save_checkpoint(model_dir, Checkpoint(online.snapshot()))
-    s = stack.settings(name, model_dir, recent_posts=n_candidates, tag_capacity=n_tags,
-                       train=False)
-    store = Store(redis.Redis.from_url(stack.redis_url), s.redis_prefix,
-                  recent_posts=n_candidates)
-    rng = np.random.default_rng(0)
-    from daemon.records import Interaction
-
-    for i in range(0, n_candidates, 5000):
-        batch = [(Post(f"c{j}", f"u{j % 5000}", 1.7e9 + j, COOKING[j % len(COOKING)].tokens,
-                       ()), rng.standard_normal(64).astype(np.float32))
-                 for j in range(i, min(i + 5000, n_candidates))]
-        store.write(batch, 1, [])
-    likes = [Interaction(f"l{u}-{k}", f"user{u}", f"c{int(rng.integers(n_candidates))}",
-                         "like", 1.7e9 + k) for u in range(200) for k in range(50)]
-    store.write([], 1, likes)
-    proc = start_daemon(s, work / f"{name}.log")
-    base = f"http://{s.http_addr}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # the candidate index has loaded every post
-        body = httpx.get(f"{base}/v1/feed/user1", params={"k": 100}).json()
-        if len(body["items"]) == 100 and not body["cold_start"]:
-            break
-        time.sleep(0.5)
-    time.sleep(3)
-    texts = [" ".join(p.tokens) for p in COOKING[:500]]
-    out = {}
-    for route in ("suggest", "feed"):
-        out[route] = open_loop(base, route, texts, rps, seconds)
-        print(f"{route}: {out[route]}", flush=True)
-    stop_daemon(proc)
-    out["tags"], out["candidates"] = n_tags, n_candidates
-    return out
-
-
-def open_loop(base: str, route: str, texts: list[str], rps: float, seconds: float) -> dict:
-    """Requests sent on schedule (not waiting for answers), so queueing shows in latency."""
-    lat: list[float] = []
-    errors = [0]
-    client = httpx.Client(timeout=10)
-
-    def call(i: int) -> None:
-        t0 = time.perf_counter()
-        if route == "suggest":
-            r = client.post(f"{base}/v1/suggest", json={"text": texts[i % len(texts)], "k": 10,
-                                                         "user_id": f"u{i % 5000}"})
-        else:
-            r = client.get(f"{base}/v1/feed/user{i % 200}", params={"k": 20})
-        lat.append(time.perf_counter() - t0)
-        errors[0] += r.status_code != 200
-
-    n = int(rps * seconds)
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        for i in range(n):
-            delay = start + i / rps - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            pool.submit(call, i)
-    client.close()
-    return {"requests": n, "errors": errors[0], "rps": rps, "p50_ms": pct(lat, 50) * 1e3,
-            "p99_ms": pct(lat, 99) * 1e3}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("freshness", "ingest", "serving", "all"))
     p.add_argument("--rates", default="200,1000")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--posts", type=int, default=20_000)
-    p.add_argument("--tags", type=int, default=100_000)
-    p.add_argument("--candidates", type=int, default=100_000)
-    p.add_argument("--rps", type=float, default=100.0)
     p.add_argument("--out", type=Path, default=Path("runs/bench_daemon"))
     args = p.parse_args()
+    if args.what == "serving":
+        sys.exit("serving moved to scripts/bench_serving.py (open loop, a trained model of real "
+                 "data, a sweep of rates, synthetic scale): see\n  .venv/bin/python "
+                 "scripts/bench_serving.py --help")
     args.out.mkdir(parents=True, exist_ok=True)
     work = scratch("bench")
     stack = Stack(work)
@@ -330,9 +251,6 @@ def main() -> None:
                 stack, work, [int(r) for r in args.rates.split(",")], args.seconds)
         if args.what in ("ingest", "all"):
             report["ingest"] = bench_ingest(stack, work, args.posts)
-        if args.what in ("serving", "all"):
-            report["serving"] = bench_serving(stack, work, args.tags, args.candidates, args.rps,
-                                              args.seconds)
     finally:
         stack.stop()
     path = args.out / f"bench_daemon_{args.what}.json"
