@@ -260,3 +260,30 @@ def test_personalized_ranking_stays_exact_after_the_vocabulary_moves():
         served = scorer.suggest(text, k=50, user_id="u")
         assert [t for t, _ in served] == expected
         assert "pastry" in expected  # the new tag, with its count and popularity (live counts)
+
+
+def test_the_suggest_route_answers_the_scorer_as_its_openapi_schema_says():
+    """Over HTTP (orjson bytes, no response validation): the same tags and scores, the shape
+    that /openapi.json documents, and the latency metric labelled by route."""
+    from fastapi.testclient import TestClient
+
+    from daemon.api import create_app
+    from daemon.config import Settings
+    from daemon.metrics import Metrics
+
+    _, scorer, _ = scorers(PersonalizeWeights(count=2.0, lexical=2.0))
+    daemon = SimpleNamespace(settings=Settings(), metrics=Metrics(), scorer=scorer,
+                             hub=scorer.hub, refresh_gauges=lambda: None)
+    client = TestClient(create_app(daemon))  # type: ignore[arg-type]
+    r = client.post("/v1/suggest", json={"text": "pasta with garlic", "k": 4, "user_id": "u"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"tags": [{"tag": t, "score": s} for t, s in
+                                 scorer.suggest("pasta with garlic", 4, "u")],
+                        "model_version": 3}
+    doc = client.get("/openapi.json").json()
+    schema = doc["paths"]["/v1/suggest"]["post"]["responses"]["200"]["content"]
+    assert schema["application/json"]["schema"]["$ref"].endswith("/SuggestResponse")
+    assert set(doc["components"]["schemas"]["SuggestResponse"]["properties"]) == \
+        set(r.json())
+    assert daemon.metrics.registry.get_sample_value(
+        "tagspace_api_request_seconds_count", {"route": "/v1/suggest", "status": "200"}) == 1
