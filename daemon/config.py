@@ -85,6 +85,10 @@ class Settings:
     # model and online training
     train: bool = _s(True, "train the model online on posts with hashtags", "model")
     workers: int = _s(2, "Hogwild training threads", "model")
+    train_process: bool = _s(True, "run the Hogwild threads in a child process at idle CPU "
+                             "priority over the model's shared memory, so that serving and "
+                             "ingestion never wait for them (false: in the daemon's process)",
+                             "model")
     dim: int = _s(64, "embedding dimension of a fresh model", "model")
     hidden: int = _s(1000, "CNN filters H of a fresh model", "model")
     word_capacity: int = _s(200_000, "rows preallocated for words", "model")
@@ -95,8 +99,8 @@ class Settings:
     lr: float = _s(0.02, "AdaGrad step of online training", "model")
     negatives: int = _s(500, "WARP negatives per step", "model")
     batch_size: int = _s(16, "posts per Hogwild step", "model")
-    train_queue: int = _s(5000, "posts waiting for training; beyond it, ingestion pauses "
-                          "(backpressure)", "model")
+    train_queue: int = _s(5000, "tagged posts waiting for training, newest first; beyond "
+                          "it the oldest are skipped (counted), ingestion never waits", "model")
     checkpoint_interval_s: float = _s(60.0, "seconds between checkpoints (new model version)",
                                       "model")
     keep_checkpoints: int = _s(3, "checkpoints kept on disk", "model")

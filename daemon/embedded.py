@@ -169,7 +169,7 @@ if sys.platform.startswith("linux"):
         _prctl = None
 
 
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
+def die_with_parent(parent: int) -> Callable[[], None] | None:
     """A preexec_fn: SIGTERM this child when the thread that forked it ends; exits at once if
     the parent is already gone (it died between fork and prctl)."""
     if _prctl is None:
@@ -207,7 +207,7 @@ def _spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen:
     global _spawn_queue
 
     def popen() -> subprocess.Popen:
-        return subprocess.Popen(argv, preexec_fn=_die_with_parent(os.getpid()), **kwargs)
+        return subprocess.Popen(argv, preexec_fn=die_with_parent(os.getpid()), **kwargs)
     if threading.current_thread() is threading.main_thread():
         return popen()
     with _spawn_lock:

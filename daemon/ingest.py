@@ -28,7 +28,7 @@ from daemon.metrics import Metrics, RollingRate
 from daemon.model_hub import ModelHub
 from daemon.records import Interaction, InvalidRecord, dead_letter, decode_interaction, decode_post
 from daemon.store import Store, WriteResult
-from daemon.trainer import OnlineTrainer
+from daemon.trainer import Trainer
 from tagspace.dataset import Post
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Decoded:
 
 class Ingestor:
     def __init__(self, settings: Settings, store: Store, hub: ModelHub,
-                 trainer: OnlineTrainer | None, metrics: Metrics,
+                 trainer: Trainer | None, metrics: Metrics,
                  on_redis_state: Callable[[bool], None] = lambda ok: None):
         self.s = settings
         self.store, self.hub, self.trainer, self.metrics = store, hub, trainer, metrics
@@ -99,7 +99,6 @@ class Ingestor:
                     return
         try:
             while not stop.is_set():
-                self._backpressure()
                 try:
                     batch = self.consumer.poll(timeout_ms=200)
                 except KafkaError as e:
@@ -119,17 +118,6 @@ class Ingestor:
                 log.warning("consumer close failed", exc_info=True)
             if self._producer is not None:
                 self._producer.close(timeout=2)
-
-    def _backpressure(self) -> None:
-        consumer = self.consumer
-        assert consumer is not None
-        assigned = consumer.assignment()
-        full = self.trainer is not None and self.trainer.room() < self.s.max_poll_records
-        if full and assigned:
-            consumer.pause(*assigned)
-        elif consumer.paused():
-            consumer.resume(*consumer.paused())
-        self.metrics.paused.set(1 if full else 0)
 
     def _process(self, batch: dict, stop: threading.Event) -> None:
         decoded = Decoded()
@@ -242,6 +230,7 @@ class Ingestor:
                 result = self.store.write(posts, version, interactions, self._write_id)
                 if attempt:
                     log.info("Redis is back after %d failed attempts", attempt)
+                    self.metrics.paused.set(0)
                 self.on_redis_state(True)
                 return result
             except (redis.ResponseError, redis.DataError):  # Redis refused a record's script
@@ -252,6 +241,7 @@ class Ingestor:
             except (redis.RedisError, OSError) as e:  # Redis down or slow: wait, retry
                 attempt += 1
                 self.on_redis_state(False)
+                self.metrics.paused.set(1)  # no polling until Redis takes this batch
                 log.warning("Redis write failed (attempt %d), not committing: %s", attempt, e)
                 if stop.wait(_backoff(attempt)):
                     return None
@@ -297,10 +287,9 @@ class Ingestor:
         online = self.hub.online
         for post in posts:
             online.observe(post, clock=post.ts or time.time())
-        dropped = self.trainer.offer([p for p in posts if p.tags])
-        if dropped:  # counted by the trainer: tagspace_training_posts_skipped_total
-            log.warning("%d tagged posts not queued for training (queue full or stopping)",
-                        dropped)
+        # Never waits: what training cannot take is counted by the trainer
+        # (tagspace_training_posts_skipped_total{reason="queue_full"}), ingestion goes on.
+        self.trainer.offer([p for p in posts if p.tags])
         self.metrics.vocab.labels("words").set(online.words.size)
         self.metrics.vocab.labels("tags").set(online.tags.size)
         self.metrics.vocab_evictions.labels("words").set(online.words.evictions)

@@ -35,7 +35,8 @@ class Metrics:
         self.lag = Gauge("tagspace_consumer_lag", "High watermark - position, per partition",
                          ["topic", "partition"], registry=r)
         self.paused = Gauge("tagspace_consumer_paused",
-                            "1 while ingestion is paused (backpressure)", registry=r)
+                            "1 while ingestion waits for Redis (backpressure; never for "
+                            "training)", registry=r)
         self.commits = Counter("tagspace_offset_commits_total", "Offset commits",
                                ["result"], registry=r)
         # training
@@ -60,6 +61,9 @@ class Metrics:
             "tagspace_training_stale_rows_total",
             "Row updates skipped: the row was given to another token during the step",
             registry=r)
+        self.trainer_restarts = Counter(
+            "tagspace_trainer_restarts_total",
+            "Times the training process died and was restarted (its weights kept)", registry=r)
         self.online_p1 = Gauge("tagspace_online_p_at_1",
                                "Prequential P@1 over the last window of posts", registry=r)
         self.online_r10 = Gauge("tagspace_online_r_at_10",

@@ -1,7 +1,9 @@
 """The daemon: wires settings, Redis, the model, training, ingestion, serving and its lifecycle.
 
-Threads: one Kafka ingestion loop, ``workers`` Hogwild trainers, one maintenance loop (feed
-candidates, checkpoints, re-embedding), the HTTP server. SIGTERM or SIGINT: stop polling, finish
+Threads: one Kafka ingestion loop, one maintenance loop (feed candidates, checkpoints,
+re-embedding), the HTTP server; the ``workers`` Hogwild trainers run in a child process at idle
+CPU priority over the model's shared memory (``daemon.train_process``), so that they never take
+the CPU or the GIL from serving and ingestion. SIGTERM or SIGINT: stop polling, finish
 and commit the batch in hand, write a final checkpoint, close, exit 0; a second signal exits at
 once.
 """
@@ -29,7 +31,8 @@ from daemon.metrics import Metrics
 from daemon.model_hub import ModelDiverged, ModelHub
 from daemon.scorer import Scorer
 from daemon.store import Store
-from daemon.trainer import OnlineTrainer
+from daemon.train_process import TrainingProcess
+from daemon.trainer import OnlineTrainer, Trainer
 from tagspace.hogwild import TrainConfig
 from tagspace.model import ModelConfig
 from tagspace.online import Capacity
@@ -57,8 +60,13 @@ class Daemon:
         self.hub = ModelHub(Path(s.model_dir), capacity, train, fresh, s.keep_checkpoints,
                             metrics=self.metrics)
         dim = self.hub.online.model.config.dim
-        self.trainer = (OnlineTrainer(self.hub.online, self.metrics, s.workers, s.batch_size,
-                                      s.train_queue) if s.trains else None)
+        self.trainer: Trainer | None = None
+        if s.trains and s.train_process:
+            self.trainer = TrainingProcess(self.hub.online, self.metrics, s.workers,
+                                           s.batch_size, s.train_queue, train)
+        elif s.trains:
+            self.trainer = OnlineTrainer(self.hub.online, self.metrics, s.workers,
+                                         s.batch_size, s.train_queue)
         self.candidates = CandidateIndex(self.store, s.recent_posts, dim)
         self.scorer = Scorer(self.hub, self.store)
         self.feeds = FeedRanker(self.hub, self.store, self.candidates, s.feed_history)

@@ -1,7 +1,9 @@
 """Hogwild worker threads that keep training the live model on the stream's tagged posts.
 
-Posts wait in a bounded queue; when it is full the ingestion loop pauses its partitions
-(backpressure) rather than buffer without limit. Training is best effort with respect to
+The daemon runs them in a child process by default (``daemon.train_process``); these threads
+in the daemon's own process are the ``train_process = false`` setting. Posts wait in a bounded
+queue; when it is full, new posts are not queued (counted: queue_full) and ingestion goes on:
+training never slows it. Training is best effort with respect to
 delivery: a crash loses at most the queued posts' training steps, never their stored effect.
 Every offered post not trained on is counted by reason (``tagspace_training_posts_skipped_total``):
 queue_full, stopping (queued at stop), error (a failed step), and those ``OnlineTagSpace.train``
@@ -15,16 +17,29 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
 from daemon.metrics import Metrics
 from tagspace.dataset import Post
-from tagspace.online import OnlineTagSpace
+from tagspace.online import OnlineStep, OnlineTagSpace
 
 log = logging.getLogger(__name__)
 QUEUE_FULL, STOPPING, ERROR = "queue_full", "stopping", "error"  # and OnlineStep.skipped's
 DROP_LOG_EVERY_S = 10.0
+
+
+class Trainer(Protocol):
+    """What the daemon asks of its training: ``OnlineTrainer`` (threads in this process) or
+    ``daemon.train_process.TrainingProcess`` (a child process)."""
+
+    steps: int
+
+    def start(self) -> None: ...
+    def offer(self, posts: Sequence[Post]) -> int: ...
+    def idle(self) -> bool: ...
+    def stop(self, timeout: float = 2.0) -> None: ...
 
 
 class OnlineTrainer:
@@ -36,7 +51,7 @@ class OnlineTrainer:
         self.queue: queue.Queue[Post] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._offer_lock = threading.Lock()  # a post is either queued before stop or counted
-        self._drop_logged = -DROP_LOG_EVERY_S
+        self.recorder = StepRecorder(metrics)
         self._threads = [threading.Thread(target=self._run, name=f"hogwild-{i}", daemon=True)
                          for i in range(workers)]
         self.steps = 0  # read by tests and benchmarks; written by the workers (approximate)
@@ -48,6 +63,10 @@ class OnlineTrainer:
 
     def room(self) -> int:
         return self.queue.maxsize - self.queue.qsize()
+
+    def idle(self) -> bool:
+        """Nothing queued (a step may still be finishing: tests also watch ``steps``)."""
+        return self.queue.empty()
 
     def offer(self, posts: Sequence[Post]) -> int:
         """Queue tagged posts without blocking; returns how many were not queued (counted:
@@ -68,8 +87,7 @@ class OnlineTrainer:
         return dropped
 
     def _skip(self, reason: str, posts: int) -> None:
-        if posts:
-            self.metrics.train_skipped.labels(reason).inc(posts)
+        self.recorder.skip(reason, posts)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -89,20 +107,7 @@ class OnlineTrainer:
                 self._skip(ERROR, len(batch))
                 continue
             self.metrics.train_queue.set(self.queue.qsize())
-            for reason, n in step.skipped.items():
-                self._skip(reason, n)
-            if step.dropped is not None:
-                self.metrics.train_dropped.labels(step.dropped).inc()
-                if time.monotonic() - self._drop_logged >= DROP_LOG_EVERY_S:  # no log flood
-                    self._drop_logged = time.monotonic()
-                    log.warning("training step dropped (%s): %d posts not trained on",
-                                step.dropped, step.skipped.get(step.dropped, 0))
-            if step.stale_rows:
-                self.metrics.train_stale_rows.inc(step.stale_rows)
-            if step.examples:
-                self.metrics.train_examples.inc(step.examples)
-                self.metrics.train_loss.set(step.loss / step.examples)
-                self.metrics.warp_samples.set(step.trials)
+            if self.recorder.record(step):
                 self.steps += 1
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -122,3 +127,36 @@ class OnlineTrainer:
             left += 1
         self._skip(STOPPING, left)
         self.metrics.train_queue.set(self.queue.qsize())
+
+
+class StepRecorder:
+    """A step's outcome in the metrics: examples, loss, skipped posts by reason, dropped steps
+    (logged at most every ``DROP_LOG_EVERY_S``), stale rows."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self._drop_logged = -DROP_LOG_EVERY_S
+
+    def skip(self, reason: str, posts: int) -> None:
+        if posts:
+            self.metrics.train_skipped.labels(reason).inc(posts)
+
+    def record(self, step: OnlineStep) -> bool:
+        """True when the step was applied to some examples."""
+        m = self.metrics
+        for reason, n in step.skipped.items():
+            self.skip(reason, n)
+        if step.dropped is not None:
+            m.train_dropped.labels(step.dropped).inc()
+            if time.monotonic() - self._drop_logged >= DROP_LOG_EVERY_S:  # no log flood
+                self._drop_logged = time.monotonic()
+                log.warning("training step dropped (%s): %d posts not trained on",
+                            step.dropped, step.skipped.get(step.dropped, 0))
+        if step.stale_rows:
+            m.train_stale_rows.inc(step.stale_rows)
+        if not step.examples:
+            return False
+        m.train_examples.inc(step.examples)
+        m.train_loss.set(step.loss / step.examples)
+        m.warp_samples.set(step.trials)
+        return True

@@ -191,7 +191,7 @@ def assert_personalized_as_the_library_ranks(stream, user: str, text: str) -> No
     assert authored, "the author has tagged posts in the stream"
     stored = d.store.authored(user)
     assert sorted(pid for pid, _, _ in stored) == sorted(r["post_id"] for r in authored)
-    wait_until(lambda: d.trainer.queue.empty(), 60, "training queue drained")
+    wait_until(d.trainer.idle, 60, "training queue drained")
     steps = -1
     while steps != d.trainer.steps:  # no step in flight: the model holds still
         steps = d.trainer.steps

@@ -1,4 +1,4 @@
-"""Daemon parts without servers: model versions, backpressure, the CLI's refusal of bad settings."""
+"""Daemon parts without servers: model versions, Redis backpressure, refusal of bad settings."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import redis
+
 from daemon.config import Settings
 from daemon.ingest import Ingestor
 from daemon.metrics import Metrics, RollingRate
 from daemon.model_hub import ModelHub
+from daemon.store import WriteResult
 from tagspace.checkpoint import Checkpoint, save_checkpoint
 from tagspace.hogwild import TrainConfig
 from tagspace.model import ModelConfig
@@ -44,36 +47,33 @@ def test_model_hub_loads_a_tagspace_train_output(tmp_path):
     assert hub.online.tags.get("breakfast") is not None and len(hub.online.tags) == 20
 
 
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.assigned = {"p0", "p1"}
-        self.paused_set: set[str] = set()
+class FlakyStore:
+    """Refuses the first write (Redis down), then takes it."""
 
-    def assignment(self) -> set[str]:
-        return self.assigned
+    def __init__(self, metrics: Metrics) -> None:
+        self.calls, self.metrics = 0, metrics
+        self.paused_at_call: list[float] = []
 
-    def pause(self, *tps: str) -> None:
-        self.paused_set |= set(tps)
-
-    def resume(self, *tps: str) -> None:
-        self.paused_set -= set(tps)
-
-    def paused(self) -> set[str]:
-        return set(self.paused_set)
+    def write(self, posts, version, interactions, write_id=""):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        self.paused_at_call.append(self.metrics.paused._value.get())
+        if self.calls == 1:
+            raise redis.ConnectionError("down")
+        return WriteResult([True] * len(posts), [True] * len(interactions))
 
 
-def test_ingestion_pauses_while_the_training_queue_is_full_and_resumes_after():
-    trainer = SimpleNamespace(room=lambda: 10)
+def test_ingestion_waits_for_redis_only_and_says_so_in_the_paused_gauge():
+    import threading
+
     metrics = Metrics()
-    ingestor = Ingestor(Settings(max_poll_records=100), store=None, hub=None,  # type: ignore[arg-type]
-                        trainer=trainer, metrics=metrics)  # type: ignore[arg-type]
-    ingestor.consumer = FakeConsumer()  # type: ignore[assignment]
-    ingestor._backpressure()
-    assert ingestor.consumer.paused() == {"p0", "p1"}
-    assert metrics.paused._value.get() == 1
-    trainer.room = lambda: 1000
-    ingestor._backpressure()
-    assert ingestor.consumer.paused() == set() and metrics.paused._value.get() == 0
+    store = FlakyStore(metrics)
+    ingestor = Ingestor(Settings(), store=store, hub=None, trainer=None,  # type: ignore[arg-type]
+                        metrics=metrics)
+    result = ingestor._write_with_retry([], 1, [], threading.Event())
+    assert result is not None and store.calls == 2
+    assert store.paused_at_call == [0.0, 1.0]  # paused while Redis refused the batch...
+    assert metrics.paused._value.get() == 0  # ...and no longer once it took the batch
+    assert not hasattr(ingestor, "_backpressure")  # a full training queue never pauses it
 
 
 def test_a_failed_vocabulary_update_counts_its_tagged_posts_and_never_raises():
