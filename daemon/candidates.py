@@ -1,8 +1,13 @@
 """Feed candidates in memory: the newest posts' unit embeddings, synced from Redis.
 
-Every replica keeps its own copy, filled from the ``recent`` index that all replicas write, so a
-feed does not read 100k embeddings from Redis per request. A request scores all candidates with
-one (candidates x history) matrix product.
+Every replica keeps its own copy, filled from the ``arrivals`` stream that all replicas write,
+so a feed does not read 100k embeddings from Redis per request. Alongside the float32 rows it
+keeps what the feed's two scans need: a bfloat16 copy of the rows (the exact scan, where the
+CPU multiplies bf16 natively) and, for large candidate sets, an ANN index
+(``daemon/feed_index.py``) that follows every add, eviction, removal and re-embedding.
+
+Readers take ``snapshot()``: a view whose arrays are replaced, never edited (except the rows of
+re-embedded posts, replaced in place), so a request sees one consistent state without a lock.
 """
 
 from __future__ import annotations
@@ -10,43 +15,86 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
+import torch
 
-from daemon.store import Store
+from daemon.feed_index import FeedIndex
+from daemon.store import Store, StoredPost
 from tagspace.recommend import unit_rows
 
 log = logging.getLogger(__name__)
 FETCH = 2000  # posts read from Redis per refresh step
+# From this many candidates on, feeds are answered by the ANN index (scripts/bench_feed.py
+# measures where the exact scan's time per request crosses the ANN's on this CPU); a capacity
+# below it never builds the index. 0 or None: never.
+ANN_MIN_CANDIDATES = 1_000_000
 
 
 @dataclass(frozen=True)
 class CandidateView:
-    """A consistent, read-only state of the index (arrays are replaced, never edited, except
-    re-embedded rows)."""
+    """A consistent, read-only state of the index (rows in arrival order)."""
 
     ids: list[str]
     authors: np.ndarray  # author codes, int64
     ts: np.ndarray
-    vectors: np.ndarray  # unit rows, float32
+    vectors: np.ndarray  # unit rows, float32 (n, d)
     position: dict[str, int]  # post id -> row
     author_code: dict[str, int]  # user id -> code
+    versions: np.ndarray | None = None  # model version of each row, int64
+    keys: np.ndarray | None = None  # row serials, uint64, ascending: the ANN index's keys
+    low: torch.Tensor | None = None  # the rows in bfloat16 (None: the scan runs in float32)
+    ann: FeedIndex | None = None  # set while there are at least ANN_MIN_CANDIDATES rows
+
+
+@cache
+def cpu_has_bf16() -> bool:
+    """The CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): a bf16 scan pays there."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class CandidateIndex:
-    def __init__(self, store: Store, capacity: int, dim: int):
+    def __init__(self, store: Store, capacity: int, dim: int, *,
+                 ann_min_candidates: int | None = ANN_MIN_CANDIDATES,
+                 bf16: bool | None = None, ann: FeedIndex | None = None):
+        """``bf16``: keep a bfloat16 copy for the exact scan (None: where the CPU has it).
+        ``ann``: the index to keep (default: a ``FeedIndex`` when ``capacity`` reaches
+        ``ann_min_candidates``)."""
         self.store = store
         self.capacity = capacity
         self.dim = dim
+        self.bf16 = cpu_has_bf16() if bf16 is None else bf16
+        self.ann_min_candidates = ann_min_candidates or 0
+        if ann is None and self.ann_min_candidates and capacity >= self.ann_min_candidates:
+            ann = FeedIndex(dim)
+        self._ann = ann
         self._lock = threading.Lock()
         self._author_code: dict[str, int] = {}
-        self._view = CandidateView([], np.zeros(0, np.int64), np.zeros(0),
-                                   np.zeros((0, dim), np.float32), {}, self._author_code)
-        self.versions = np.zeros(0, np.int64)
+        self._next_key = 0
+        self._view = self._make_view([], np.zeros(0, np.int64), np.zeros(0),
+                                     np.zeros((0, dim), np.float32), np.zeros(0, np.int64),
+                                     np.zeros(0, np.uint64))
         self._cursor = "0"  # the last arrivals-stream id read
 
     def __len__(self) -> int:
         return len(self._view.ids)
+
+    @property
+    def versions(self) -> np.ndarray:
+        """The model version of each row of the current snapshot."""
+        versions = self._view.versions
+        assert versions is not None
+        return versions
+
+    @property
+    def ann(self) -> FeedIndex | None:
+        return self._ann
 
     def snapshot(self) -> CandidateView:
         return self._view
@@ -57,7 +105,8 @@ class CandidateIndex:
         while True:
             rows = self.store.arrivals_after(self._cursor, FETCH)
             known = self._view.position
-            new = [post_id for _, post_id in rows if post_id not in known]
+            # a page can name a post twice (written again after its key expired): once
+            new = list(dict.fromkeys(post_id for _, post_id in rows if post_id not in known))
             if new:
                 stored = self.store.posts(new)
                 keep = [s for s in stored if s is not None and s.embedding is not None
@@ -69,45 +118,85 @@ class CandidateIndex:
             if len(rows) < FETCH:
                 return added
 
-    def _append(self, posts) -> None:  # type: ignore[no-untyped-def]
+    def _append(self, posts: list[StoredPost]) -> None:
         if not posts:
             return
-        vecs = unit_rows(np.stack([p.embedding for p in posts]).astype(np.float32))
+        vecs = unit_rows(np.stack([np.asarray(p.embedding) for p in posts]).astype(np.float32))
         with self._lock:
             old = self._view
+            assert old.versions is not None and old.keys is not None
             codes = [self._author_code.setdefault(p.user_id, len(self._author_code))
                      for p in posts]
+            new_keys = np.arange(self._next_key, self._next_key + len(posts), dtype=np.uint64)
+            self._next_key += len(posts)
             ids = old.ids + [p.post_id for p in posts]
             authors = np.concatenate([old.authors, np.asarray(codes, np.int64)])
             ts = np.concatenate([old.ts, [p.ts for p in posts]])
             vectors = np.concatenate([old.vectors, vecs])
-            versions = np.concatenate([self.versions, [p.version for p in posts]])
+            versions = np.concatenate([old.versions, [p.version for p in posts]])
+            keys = np.concatenate([old.keys, new_keys])
+            evicted = np.zeros(0, np.uint64)
             if len(ids) > self.capacity:  # keep the newest
                 order = np.sort(np.argsort(ts, kind="stable")[-self.capacity:])
+                dropped = np.ones(len(ids), bool)
+                dropped[order] = False
+                evicted = keys[:len(old.ids)][dropped[:len(old.ids)]]
                 ids = [ids[i] for i in order]
                 authors, ts, vectors = authors[order], ts[order], vectors[order]
-                versions = versions[order]
-            self._publish(ids, authors, ts, vectors, versions)
+                versions, keys = versions[order], keys[order]
+            if self._ann is not None:
+                # before the view is published, so a published row is always in the index;
+                # the feed drops whatever the index returns that its view lacks
+                fresh = keys >= new_keys[0]
+                self._ann.add(keys[fresh], vectors[fresh])
+            self._publish(ids, authors, ts, vectors, versions, keys)
+            if self._ann is not None:
+                self._ann.remove(evicted)
 
-    def _publish(self, ids, authors, ts, vectors, versions) -> None:  # type: ignore[no-untyped-def]
+    def _make_view(self, ids: list[str], authors: np.ndarray, ts: np.ndarray,
+                   vectors: np.ndarray, versions: np.ndarray,
+                   keys: np.ndarray) -> CandidateView:
         position = {p: i for i, p in enumerate(ids)}
-        self.versions = versions
-        self._view = CandidateView(ids, authors, ts, vectors, position, self._author_code)
+        low = torch.from_numpy(vectors).to(torch.bfloat16) if self.bf16 else None
+        ann = (self._ann if self._ann is not None and len(ids) >= self.ann_min_candidates
+               else None)
+        return CandidateView(ids, authors, ts, vectors, position, self._author_code,
+                             versions, keys, low, ann)
+
+    def _publish(self, ids: list[str], authors: np.ndarray, ts: np.ndarray,
+                 vectors: np.ndarray, versions: np.ndarray, keys: np.ndarray) -> None:
+        self._view = self._make_view(ids, authors, ts, vectors, versions, keys)
 
     def update(self, post_ids: list[str], embeddings: np.ndarray, version: int) -> None:
         """Re-embedded posts (this replica's re-embedder) replace their vectors."""
         with self._lock:
             view = self._view
+            assert view.versions is not None and view.keys is not None
+            found: dict[int, np.ndarray] = {}  # row -> embedding (a post named twice: the last)
             for post_id, emb in zip(post_ids, embeddings, strict=True):
                 i = view.position.get(post_id)
                 if i is not None:
-                    view.vectors[i] = emb / max(float(np.linalg.norm(emb)), 1e-8)
-                    self.versions[i] = version
+                    found[i] = emb
+            if not found:
+                return
+            at = np.fromiter(found, np.int64, len(found))
+            vecs = unit_rows(np.stack(list(found.values())).astype(np.float32))
+            view.vectors[at] = vecs
+            view.versions[at] = version
+            if view.low is not None:
+                view.low[torch.from_numpy(at)] = torch.from_numpy(vecs).to(torch.bfloat16)
+            if self._ann is not None:
+                self._ann.update(view.keys[at], vecs)
 
     def remove(self, post_ids: list[str]) -> None:
         with self._lock:
             view, drop = self._view, set(post_ids)
+            assert view.versions is not None and view.keys is not None
             keep = np.array([i not in drop for i in view.ids], bool)
+            if keep.all():
+                return
             self._publish([i for i, k in zip(view.ids, keep, strict=True) if k],
                           view.authors[keep], view.ts[keep], view.vectors[keep],
-                          self.versions[keep])
+                          view.versions[keep], view.keys[keep])
+            if self._ann is not None:
+                self._ann.remove(view.keys[~keep])

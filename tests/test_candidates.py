@@ -12,6 +12,7 @@ import uuid
 
 import numpy as np
 import pytest
+import torch
 
 import daemon.candidates as candidates_module
 from daemon.candidates import CandidateIndex, CandidateView
@@ -265,3 +266,75 @@ def test_refresh_reads_what_the_real_store_wrote(redis_url):
         assert view.authors[0] == view.authors[2] != view.authors[1]  # u1, u0, u1, u0
     finally:
         store.clear()
+
+
+def test_a_post_named_twice_in_one_page_is_added_once(store):
+    store.add("p1", ts=1.0)
+    store.add("p2", ts=2.0)
+    store.add("p1", ts=1.0)  # the same page names p1 again
+    index = CandidateIndex(store, capacity=10, dim=DIM)
+    assert index.refresh() == 2
+    view = index.snapshot()
+    check_consistent(view, index)
+    assert view.ids == ["p1", "p2"]
+
+
+def ann_keys(index: CandidateIndex) -> set[int]:
+    """The keys the ANN index answers for (each row's own vector finds its own key)."""
+    ann, view = index.ann, index.snapshot()
+    assert ann is not None and view.keys is not None
+    assert len(ann) == len(view.ids)
+    return {int(k) for k in view.keys if int(k) in ann}
+
+
+def check_ann_follows(index: CandidateIndex) -> None:
+    view = index.snapshot()
+    assert view.keys is not None
+    assert np.all(np.diff(view.keys.astype(np.int64)) > 0)  # ascending: searchsorted works
+    assert ann_keys(index) == {int(k) for k in view.keys}
+    ann = index.ann
+    assert ann is not None
+    for row in range(len(view.ids)):  # the index holds each row's current vector
+        assert int(view.keys[row]) in {int(k) for k in ann.search(view.vectors[row], 1)}
+
+
+def test_the_ann_index_follows_adds_evictions_removals_and_reembedding(store):
+    index = CandidateIndex(store, capacity=6, dim=DIM, ann_min_candidates=4)
+    assert index.ann is not None
+    for i in range(3):
+        store.add(f"p{i}", ts=float(i))
+    index.refresh()
+    assert index.snapshot().ann is None  # 3 < 4 rows: feeds scan exactly
+    check_ann_follows(index)
+    for i in range(3, 9):
+        store.add(f"p{i}", ts=float(i))
+    store.add("late", ts=-1.0)  # older than everything kept: never in the index
+    index.refresh()
+    view = index.snapshot()
+    assert view.ids == [f"p{i}" for i in range(3, 9)] and view.ann is index.ann
+    check_ann_follows(index)
+    index.remove(["p4", "p7"])
+    assert index.snapshot().ids == ["p3", "p5", "p6", "p8"]
+    check_ann_follows(index)
+    index.update(["p5", "p5", "gone"], np.array([[0, 1, 0, 0], [0, 0, 3, 4], [1, 0, 0, 0]],
+                                                np.float32), version=2)
+    view = index.snapshot()
+    assert np.allclose(view.vectors[1], [0, 0, 0.6, 0.8])  # the last one given wins
+    assert view.low is not None and torch.allclose(view.low[1].float(),
+                                                   torch.tensor([0, 0, 0.6, 0.8]), atol=4e-3)
+    check_ann_follows(index)
+    index.remove(["p3"])  # below the threshold again: feeds scan exactly
+    assert index.snapshot().ann is None and len(index.ann) == 3
+
+
+def test_the_bf16_copy_follows_every_change(store):
+    index = CandidateIndex(store, capacity=3, dim=DIM, bf16=True)
+    for i in range(5):
+        store.add(f"p{i}", ts=float(i))
+    index.refresh()
+    index.remove(["p3"])
+    view = index.snapshot()
+    assert view.low is not None and view.low.dtype == torch.bfloat16
+    assert torch.allclose(view.low.float(), torch.from_numpy(view.vectors), atol=4e-3)
+    assert CandidateIndex(store, capacity=3, dim=DIM, bf16=False).snapshot().low is None
+    assert CandidateIndex(store, capacity=3, dim=DIM).ann is None  # below the default switch
