@@ -21,6 +21,8 @@ Expiry: a post after ``post_ttl_s`` (keep it above the topics' retention, or a r
 post would count again); a user's history, seen set and hashtag counts ``user_ttl_s`` after
 their last activity; ``P:pop`` keeps the ``recent_posts`` most liked posts.
 
+Reads: a feed's are one Lua script (``feed_state``: seen set, history ids, those posts).
+
 Exactly-once effect: a post's and an interaction's writes are one Lua script each, applied only
 if the post / event id is new, so replaying a record changes nothing. Writes are pipelined per
 Kafka poll batch.
@@ -104,6 +106,31 @@ return 1
 """
 
 
+_FEED_STATE = """
+-- KEYS: seen, hist; ARGV: post key prefix, history limit, model version, embedding bytes.
+-- Everything a feed reads, in one round trip: the seen set, then the newest history posts,
+-- each as {user, ts, emb, ver} plus its tokens when it needs re-embedding (its embedding is
+-- missing, of another size, or older than the model version). Post keys are derived here
+-- from the history's ids (the prefix is Store.post_key's), so they are not in KEYS: the
+-- script needs one Redis, not a cluster (as the shared keys do; docs/OPERATIONS.md).
+local seen = redis.call('ZRANGE', KEYS[1], 0, -1)
+local limit = tonumber(ARGV[2])
+local ids = {}
+if limit > 0 then ids = redis.call('ZREVRANGE', KEYS[2], 0, limit - 1) end
+local posts = {}
+for i, id in ipairs(ids) do
+  local key = ARGV[1] .. id
+  local row = redis.call('HMGET', key, 'user', 'ts', 'emb', 'ver')
+  if row[1] and (not row[3] or not row[4] or #row[3] ~= tonumber(ARGV[4])
+                 or tonumber(row[4]) < tonumber(ARGV[3])) then
+    row[5] = redis.call('HGET', key, 'tokens')
+  end
+  posts[i] = row
+end
+return {seen, ids, posts}
+"""
+
+
 @dataclass(frozen=True)
 class StoredPost:
     post_id: str
@@ -113,6 +140,20 @@ class StoredPost:
     tokens: list[str]
     embedding: np.ndarray | None
     version: int
+
+
+@dataclass(frozen=True)
+class FeedState:
+    """What a feed needs from Redis: the posts the user interacted with or hid, and their
+    newest history posts (newest first; tags not read, tokens only where ``needs_embedding``)."""
+
+    seen: list[str]
+    history: list[StoredPost]
+    version: int  # the model version the history was read against
+
+    def needs_embedding(self, post: StoredPost, dim: int) -> bool:
+        return (post.embedding is None or len(post.embedding) != dim
+                or post.version < self.version)
 
 
 @dataclass(frozen=True)
@@ -140,6 +181,7 @@ class Store:
         self._add_post = client.register_script(_ADD_POST)
         self._add_interaction = client.register_script(_ADD_INTERACTION)
         self._set_embedding = client.register_script(_SET_EMBEDDING)
+        self._feed_state = client.register_script(_FEED_STATE)
 
     # key names: one place
     def post_key(self, post_id: str) -> str:
@@ -266,6 +308,24 @@ class Store:
 
     def post(self, post_id: str) -> StoredPost | None:
         return self.posts([post_id])[0]
+
+    def feed_state(self, user_id: str, history_limit: int, version: int,
+                   dim: int) -> FeedState:
+        """The user's seen posts and newest ``history_limit`` history posts with their
+        embeddings (tokens where older than ``version`` or not of ``dim`` floats): one round
+        trip, a Lua script. History posts no longer stored are left out."""
+        seen, ids, rows = self._timed("feed_state", lambda: self._feed_state(
+            keys=[self.seen_key(user_id), self.history_key(user_id)],
+            args=[self.post_key(""), history_limit, version, 4 * dim]))
+        history = []
+        for post_id, row in zip(ids, rows, strict=True):
+            if not row or row[0] is None:
+                continue  # expired or never stored
+            emb = np.frombuffer(row[2], np.float32) if row[2] else None
+            tokens = json.loads(row[4]) if len(row) > 4 and row[4] else []
+            history.append(StoredPost(post_id.decode(), row[0].decode(), float(row[1] or 0.0),
+                                      [], tokens, emb, int(row[3] or 0)))
+        return FeedState([i.decode() for i in seen], history, version)
 
     def history(self, user_id: str, limit: int) -> list[str]:
         ids = self._timed("history", lambda: self.r.zrevrange(self.history_key(user_id), 0,

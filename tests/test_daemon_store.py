@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -76,3 +77,84 @@ def test_posts_and_user_state_expire(store):
     assert 100 < store.r.ttl(store.history_key("v")) <= 200
     assert 100 < store.r.ttl(store.seen_key("v")) <= 200
     assert 100 < store.r.ttl(store.user_tags_key("u")) <= 200
+
+
+class CountingConnection(redis.Connection):
+    """Counts what the client writes to the socket: one packed write per round trip (a
+    pipeline or a script is one)."""
+
+    sent = 0
+
+    def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        CountingConnection.sent += 1
+        return super().send_packed_command(command, check_health)
+
+
+@pytest.fixture
+def counted(redis_url):
+    s = Store(redis.Redis.from_url(redis_url, connection_class=CountingConnection),
+              f"f{uuid.uuid4().hex[:8]}", history_size=50, seen_size=100)
+    yield s
+    s.clear()
+
+
+def round_trips(fn):  # type: ignore[no-untyped-def]
+    before = CountingConnection.sent
+    out = fn()
+    return out, CountingConnection.sent - before
+
+
+def vec(*xs: float) -> np.ndarray:
+    return np.asarray(xs, np.float32)
+
+
+def test_feed_state_reads_seen_history_and_its_posts_in_one_round_trip(counted):
+    s = counted
+    s.write([(Post("a", "x", 1.7e9, ("w1",), ("t",)), vec(1, 0, 0, 0)),
+             (Post("b", "x", 1.7e9, ("w2",), ("t",)), vec(0, 1, 0, 0))], 3, [])
+    s.write([(Post("c", "y", 1.7e9, ("w3", "w4"), ()), vec(0, 0, 1, 0))], 2, [])
+    s.write([], 1, [like("e1", "v", "a", 1.7e9 + 1), like("e2", "v", "c", 1.7e9 + 2),
+                    like("e3", "v", "gone", 1.7e9 + 3), like("e4", "v", "b", 1.7e9 + 4, "hide")])
+    s.feed_state("v", 10, 3, 4)  # the first call may load the script (NOSCRIPT)
+    state, trips = round_trips(lambda: s.feed_state("v", 10, 3, 4))
+    assert trips == 1
+    assert sorted(state.seen) == ["a", "b", "c", "gone"] and state.version == 3
+    # newest first; "gone" was never stored; a hide is not history
+    assert [p.post_id for p in state.history] == ["c", "a"]
+    c, a = state.history
+    assert c.version == 2 and c.tokens == ["w3", "w4"]  # older than version 3: tokens come
+    assert a.version == 3 and a.tokens == [] and np.array_equal(a.embedding, vec(1, 0, 0, 0))
+    assert not state.needs_embedding(a, 4) and state.needs_embedding(c, 4)
+    assert state.needs_embedding(a, 8)  # a model of another size: re-embed
+    assert s.feed_state("v", 8, 3, 8).history[1].tokens == ["w1"]
+    assert [p.post_id for p in s.feed_state("v", 2, 1, 4).history] == ["c"]  # "gone", "c"
+    assert s.feed_state("v", 0, 1, 4).history == []
+    empty = s.feed_state("nobody", 10, 1, 4)
+    assert empty.seen == [] and empty.history == []
+
+
+def test_a_feed_is_one_round_trip_warm_or_cold(counted):
+    from daemon.candidates import CandidateIndex
+    from daemon.feed import FeedRanker
+
+    s = counted
+    rng = np.random.default_rng(0)
+    posts = [(Post(f"p{i}", f"u{i % 5}", 1.7e9 + i, ("w",), ("t",)),
+              rng.normal(size=4).astype(np.float32)) for i in range(40)]
+    s.write(posts, 1, [like("e1", "v", "p3"), like("e2", "v", "p7")])
+    index = CandidateIndex(s, capacity=100, dim=4)
+    index.refresh()
+    hub = SimpleNamespace(version=1)
+    ranker = FeedRanker(hub, s, index, feed_history=10)  # type: ignore[arg-type]
+    ranker.feed("v", 5)  # scripts loaded
+    (items, cold), trips = round_trips(lambda: ranker.feed("v", 5))
+    assert trips == 1 and len(items) == 5 and not cold
+    assert not {"p3", "p7"} & {i.post_id for i in items}  # seen: never shown
+    exact = ranker.exact_rank(index.snapshot(), np.stack([
+        posts[7][1] / np.linalg.norm(posts[7][1]), posts[3][1] / np.linalg.norm(posts[3][1])]),
+        np.array([3, 7]), 5, bf16=False)
+    assert [i.post_id for i in items] == [i.post_id for i in exact]
+    ranker.feed("new", 5)  # cold: the popularity read, then cached for a second
+    (items, cold), trips = round_trips(lambda: ranker.feed("new", 5))
+    assert cold and trips == 1
+    assert {i.post_id for i in items[:2]} == {"p3", "p7"}  # the liked ones first
