@@ -151,8 +151,19 @@ def test_every_valid_record_has_exactly_one_effect_and_counters_match(stream):
     assert metric(text, "tagspace_records_duplicate_total", topic=inter_t) == 50
     assert metric(text, "tagspace_records_invalid_total", topic=posts_t,
                   reason="invalid_json") > 0
-    assert metric(text, "tagspace_training_examples_total") > 0
     assert metric(text, "tagspace_processing_latency_seconds_count") == len(stream["posts"])
+    # every new tagged post is trained on (by the training process) or counted by reason
+    d = stream["daemon"]
+    tagged = sum(1 for p in stream["posts"] if p["tags"])
+    registry = d.metrics.registry
+
+    def accounted() -> float:
+        skipped = sum(s.value for m in registry.collect()
+                      if m.name == "tagspace_training_posts_skipped" for s in m.samples
+                      if s.name.endswith("_total"))
+        return skipped + (registry.get_sample_value("tagspace_training_examples_total") or 0)
+    wait_until(lambda: d.trainer.idle() and accounted() == tagged, 60, "training accounted")
+    assert registry.get_sample_value("tagspace_training_examples_total") > 0
 
 
 def test_suggest_and_its_validation(stream):
