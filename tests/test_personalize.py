@@ -166,3 +166,27 @@ def test_compact_columns_rank_as_the_full_matrix_with_free_rows():
     for a, b in zip(served, full[:, rows], strict=True):
         assert np.argsort(-a, kind="stable").tolist() == np.argsort(-b, kind="stable").tolist()
     assert np.isinf(full[:, [1, 4]]).all()
+
+
+def test_the_query_tfidf_and_lexical_cosines_are_the_same_bits_as_scikit_learns():
+    """The request path's TF-IDF of one post (no scikit-learn call) and its cosines to the past
+    posts equal ``BagOfWords.transform`` and the sparse product exactly, on real posts."""
+    from pathlib import Path
+
+    from tagspace.bow import BagOfWords
+    from tagspace.dataset import read_posts
+    from tagspace.personalize import _lexical_sims, tfidf_row
+
+    cooking = Path(__file__).resolve().parents[1] / "data/cooking/cooking.train"
+    docs = [p.tokens for p in read_posts(cooking)][:3000]
+    bow = BagOfWords(docs[:2000])
+    docs += [(), ("never-seen",), ("salt", "salt", "salt", "pepper"), ("salt",)]
+    batch = bow.transform(docs)
+    for i, tokens in enumerate(docs):
+        ids, weights = tfidf_row(bow, tokens)
+        assert ids.tolist() == batch[i].indices.tolist()
+        assert weights.tolist() == batch[i].data.tolist()  # == on floats: the same bits
+    past = bow.transform(docs[:200])
+    for tokens in docs[2000:2100] + docs[-4:]:
+        expected = (past @ bow.transform([tokens])[0].T).toarray()[:, 0]
+        assert _lexical_sims(bow, tokens, past).tolist() == expected.tolist()
