@@ -218,6 +218,7 @@ def test_score_active_equals_the_full_scores_on_the_rows_in_use(in_use):
     texts = ["pasta and rain", "the goal", "nothing known here"]
     active = tagger.score_active([parse_post_text(t).tokens for t in texts])
     assert active.tags.rows.tolist() == in_use
+    assert active.scores.dtype == np.float32  # fp32, as offline (bf16 moves rankings)
     full = tagger.scores([Post("", None, None, parse_post_text(t).tokens, ()) for t in texts])
     np.testing.assert_allclose(active.scores, full[:, in_use], rtol=1e-6, atol=1e-7)
     assert np.isinf(np.delete(full, in_use, axis=1)).all()
