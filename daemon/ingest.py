@@ -152,7 +152,7 @@ class Ingestor:
 
     def _train_only(self, decoded: Decoded, batch: dict) -> None:
         posts = [p for p, _ in decoded.posts]
-        self._evaluate(posts)  # nothing is stored: the serving replicas do that
+        self._embed([p for p in posts if p.tags][:EVAL_PER_BATCH])  # scored; replicas store
         if self.trainer is not None:
             self._learn(posts)
         self._commit(batch)
@@ -205,22 +205,20 @@ class Ingestor:
             self.metrics.dead_lettered.labels(topic).inc()
 
     def _embed(self, posts: list[Post]) -> np.ndarray:
+        """The posts' embeddings; the tagged ones are scored in the same pass first
+        (prequential P@1 / R@10: before any training on them)."""
         if not posts:
             return np.zeros((0, self.hub.online.model.config.dim), np.float32)
-        self._evaluate(posts)
-        return self.hub.online.tagger.embed_all([p.tokens for p in posts])
-
-    def _evaluate(self, posts: list[Post]) -> None:
-        """Prequential P@1 / R@10: tagged posts scored before any training on them."""
-        tagged = [p for p in posts if p.tags][:EVAL_PER_BATCH]
-        if not tagged or self.trainer is None:
-            return
-        for pred in self.hub.online.evaluate(tagged):
+        budget = EVAL_PER_BATCH if self.trainer is not None else 0
+        embeddings, predictions = self.hub.online.embed_and_evaluate(posts, budget)
+        for pred in predictions:
             self.p1.add(float(pred.hit_at_1), 1.0)
             self.r10.add(pred.found_at_10, pred.gold)
             self.metrics.evaluated.inc()
-        self.metrics.online_p1.set(self.p1.rate())
-        self.metrics.online_r10.set(self.r10.rate())
+        if predictions:
+            self.metrics.online_p1.set(self.p1.rate())
+            self.metrics.online_r10.set(self.r10.rate())
+        return embeddings
 
     def _write_with_retry(self, posts, version, interactions, stop,  # type: ignore[no-untyped-def]
                           split: bool = True):

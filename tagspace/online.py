@@ -144,6 +144,30 @@ class OnlineTagSpace:
                                   len(gold.intersection(best.tolist()))))
         return out
 
+    def embed_and_evaluate(self, posts: Sequence[Post],
+                           evaluate: int) -> tuple[np.ndarray, list[Prediction]]:
+        """Every post's embedding and, from the same forward pass, the prequential scores of
+        the first ``evaluate`` tagged posts (over the tags in use, top 10 by selection): each
+        post is encoded once."""
+        tagged = [i for i, p in enumerate(posts) if p.tags][:max(0, evaluate)]
+        rest = sorted(set(range(len(posts))) - set(tagged))
+        embs = np.zeros((len(posts), self.model.config.dim), np.float32)
+        out: list[Prediction] = []
+        if tagged:
+            scored = self.tagger.score_active([posts[i].tokens for i in tagged])
+            embs[tagged] = scored.embeddings
+            rows, scores = scored.tags.rows, scored.scores
+            k = min(10, scores.shape[1])
+            for i, row in zip(tagged, scores, strict=True):
+                best = np.argpartition(-row, k - 1)[:k] if k else np.zeros(0, np.int64)
+                best = rows[best[np.argsort(-row[best], kind="stable")]]
+                gold = {self.tags.get(t) for t in posts[i].tags} - {None}
+                out.append(Prediction(bool(len(best)) and int(best[0]) in gold,
+                                      len(posts[i].tags), len(gold.intersection(best.tolist()))))
+        if rest:
+            embs[rest] = self.tagger.embed_all([posts[i].tokens for i in rest])
+        return embs, out
+
     @property
     def guard(self) -> Guard:
         return self.steps.guard

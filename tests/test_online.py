@@ -191,3 +191,16 @@ def test_the_daemon_trains_a_tagspace_train_model_without_dropout(tmp_path):
     # and a checkpoint of it says dropout 0
     hub.checkpoint()
     assert load_checkpoint(hub.checkpoints / "v00000002").tagger.model.config.dropout == 0.0
+
+
+def test_embed_and_evaluate_is_one_pass_equal_to_embedding_and_evaluating_apart():
+    online = small_model(words=64, tags=16, min_word_count=1, min_tag_count=1)
+    stream = topics(30)
+    for p in stream:
+        online.observe(p, clock=float(p.ts))
+    posts = stream[:12] + [post(99, "pasta goal python", [])]  # an untagged one too
+    embs, predictions = online.embed_and_evaluate(posts, evaluate=5)
+    np.testing.assert_allclose(embs, online.tagger.embed_all([p.tokens for p in posts]),
+                               rtol=1e-5, atol=1e-6)
+    assert predictions == online.evaluate(posts[:5])  # the first 5 tagged posts
+    assert online.embed_and_evaluate(posts, evaluate=0)[1] == []
