@@ -18,27 +18,20 @@ background stream of posts, and the load generator. Two scenarios:
 During every measurement a child process produces --stream-rate posts/s (valid.csv, then train.csv,
 new ids on each pass), so ingestion and online training compete with serving as in production.
 
-The load generator: open loop. Arrival times are drawn up front, Poisson by default (exponential
-gaps; --arrivals uniform for a fixed step), each route at half the offered total, and a request
-leaves at its time whether or not earlier ones have been answered. Latency runs from the
-*scheduled* time to the last byte of the response, so a server (or generator) that falls behind
-shows as latency, not as fewer requests (no coordinated omission). The send lag (scheduled ->
-written) is reported beside it to tell generator trouble apart. A request not answered within
---timeout of its scheduled time is an error and enters the percentiles at the timeout (a lower
-bound). Requests of the first --warmup seconds are sent but not counted.
-
-Why Python asyncio over raw keep-alive HTTP/1.1 and not wrk or hey (Debian's): both are closed loop
-(a connection sends its next request only after the previous answer; hey's -q paces each worker,
-not the arrivals), so a slow server lowers the offered load and hides its queue; wrk2, the open-
-loop fork, is not packaged (vegeta, open loop, would be a Go build). The generator is one asyncio
-event loop with asyncio streams, prebuilt request bytes and a pool of keep-alive connections that
-grows while requests are in flight (one request per connection at a time: pipelining would add the
-client's own head-of-line blocking). It runs at nice -10 (when allowed), so that its own wake-ups
-are not queued behind the daemon's threads and counted as the daemon's latency. Python costs it CPU
-(about 200 us a request here, most of it the kernel's socket calls), so its user+sys seconds per
-second of the measured window (from /proc) are reported per point, beside the daemon's (its whole
-process tree), the broker's, Redis's, the stream's and the rest of the machine's ("other": this
-machine is shared): the share of the cores the harness took from the server is on the record.
+The load generator (scripts/loadgen.py, whose docstring gives its design and why not wrk or hey):
+open loop, Python asyncio over raw keep-alive HTTP/1.1, in its own process at nice -10 (when
+allowed). Arrival times are drawn up front, Poisson by default (exponential gaps; --arrivals
+uniform for a fixed step), each route at half the offered total, and a request leaves at its time
+whether or not earlier ones have been answered. Latency runs from the *scheduled* time to the last
+byte of the response, so a server (or generator) that falls behind shows as latency, not as fewer
+requests (no coordinated omission). The send lag (scheduled -> written) is reported beside it to
+tell generator trouble apart. A request not answered within --timeout of its scheduled time is an
+error and enters the percentiles at the timeout (a lower bound). Requests of the first --warmup
+seconds are sent but not counted. Python costs the generator CPU (about 200 us a request here,
+most of it the kernel's socket calls), so its user+sys seconds per second of the measured window
+(from /proc) are reported per point, beside the daemon's (its whole process tree), the broker's,
+Redis's, the stream's and the rest of the machine's ("other": this machine is shared): the share
+of the cores the harness took from the server is on the record.
 
 Sweep: offered totals in ascending order; after the --target-rate point (the issue's 100 + 100
 req/s: suggest p99 <= 15 ms, feed p99 <= 30 ms), the sweep stops at the first rate that misses
@@ -51,32 +44,27 @@ Output: <out>/<name>.json and <out>/<name>.png (p50/p99 against offered rate, pe
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import loadgen
 import numpy as np
+from loadgen import ROUTES
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-ROUTES = ("suggest", "feed")
-TIMED_OUT, CONN_ERROR = -1, 0  # statuses besides HTTP's
 TARGETS_MS = {"suggest": 15.0, "feed": 30.0}  # issue 11, at --target-rate
-GENERATOR_NICE = -10
-IDLE_S = 4.0  # a pooled connection idle longer is dropped (uvicorn closes them after 5 s)
 HYT = ROOT.parent / "shared/data/howyoutagtweets"
 
 EPILOG = """\
@@ -91,236 +79,6 @@ examples:
   # any daemon setting, as `tagspace daemon` names it
   .venv/bin/python scripts/bench_serving.py --set workers=1 --set feed_history=20
 """
-
-
-# --- the schedule and its statistics (pure) ---------------------------------------------------
-
-def arrival_times(rate: float, seconds: float, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """Send times in [0, seconds) of one stream of requests at ``rate`` per second."""
-    if rate <= 0 or seconds <= 0:
-        return np.empty(0)
-    if kind == "uniform":  # a fixed step, with a random phase so two routes do not collide
-        return np.arange(rng.uniform(0, 1 / rate), seconds, 1 / rate)
-    if kind != "poisson":
-        raise ValueError(f"unknown arrivals {kind!r}: poisson or uniform")
-    n = int(rate * seconds + 5 * np.sqrt(rate * seconds)) + 10
-    t = np.cumsum(rng.exponential(1 / rate, n))
-    while t[-1] < seconds:
-        t = np.concatenate([t, t[-1] + np.cumsum(rng.exponential(1 / rate, n))])
-    return t[t < seconds]
-
-
-def schedule(rates: dict[str, float], seconds: float, kind: str,
-             seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(send times, route index into ROUTES) of every request, in time order."""
-    rng = np.random.default_rng(seed)
-    parts = [arrival_times(rates.get(r, 0.0), seconds, kind, rng) for r in ROUTES]
-    times = np.concatenate(parts)
-    routes = np.concatenate([np.full(len(p), i, np.int8) for i, p in enumerate(parts)])
-    order = np.argsort(times, kind="stable")
-    return times[order], routes[order]
-
-
-def summarize(times: np.ndarray, latency: np.ndarray, lag: np.ndarray, status: np.ndarray,
-              start: float, end: float) -> dict:
-    """One route's requests scheduled in [start, end): latency from schedule (all requests,
-    failed ones included), errors by kind, send lag (of the requests written)."""
-    from bench_daemon import pct
-
-    m = (times >= start) & (times < end)
-    ms, st, sent = latency[m] * 1e3, status[m], lag[m][np.isfinite(lag[m])] * 1e3
-    kinds = {"timeout": int((st == TIMED_OUT).sum()), "connection": int((st == CONN_ERROR).sum()),
-             "http": int(((st > 0) & (st != 200)).sum())}
-    out = {"requests": int(m.sum()), "ok": int((st == 200).sum()), "errors": sum(kinds.values()),
-           "error_kinds": kinds, "scheduled_rps": round(float(m.sum()) / (end - start), 1),
-           "achieved_rps": round(float((st == 200).sum()) / (end - start), 1)}
-    for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("p999", 99.9), ("max", 100)):
-        out[f"{name}_ms"] = pct(ms.tolist(), q)
-    for name, q in (("p50", 50), ("p99", 99), ("max", 100)):
-        out[f"send_lag_{name}_ms"] = pct(sent.tolist(), q)
-    return out
-
-
-# --- the load generator (a child process: stdlib and numpy only) ------------------------------
-
-class Pool:
-    """Keep-alive connections to one server, one request at a time on each, opened on demand up
-    to ``limit``; beyond it a request waits for a connection (the wait counts as latency)."""
-
-    def __init__(self, host: str, port: int, limit: int):
-        self.host, self.port, self.limit = host, port, limit
-        self.loop = asyncio.get_running_loop()
-        self.idle: list[tuple[Any, Any, float]] = []  # a stack: hot connections are reused
-        self.waiters: deque[asyncio.Future] = deque()
-        self.size = self.opened = self.peak = 0
-
-    async def get(self) -> tuple[Any, Any, bool]:
-        """(reader, writer, reused)."""
-        now = self.loop.time()
-        while self.idle:
-            reader, writer, since = self.idle.pop()
-            if now - since < IDLE_S and not reader.at_eof() and not writer.is_closing():
-                return reader, writer, True
-            self.drop(writer)
-        if self.size >= self.limit:
-            fut = self.loop.create_future()
-            self.waiters.append(fut)
-            try:
-                got = await fut  # a connection, or None: a slot was freed, open one
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled():  # handed over as the timeout fired
-                    got = fut.result()
-                    if got:
-                        self.put(got[0], got[1])
-                    else:
-                        self.release()
-                raise
-            if got is not None:
-                return got
-        else:
-            self.size += 1
-            self.peak = max(self.peak, self.size)
-        try:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-        except BaseException:
-            self.release()
-            raise
-        self.opened += 1
-        return reader, writer, False
-
-    def put(self, reader: Any, writer: Any) -> None:
-        while self.waiters:
-            fut = self.waiters.popleft()
-            if not fut.done():
-                fut.set_result((reader, writer, True))
-                return
-        self.idle.append((reader, writer, self.loop.time()))
-
-    def drop(self, writer: Any) -> None:
-        writer.close()
-        self.release()
-
-    def release(self) -> None:
-        while self.waiters:
-            fut = self.waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.size -= 1
-
-
-async def exchange(reader: Any, writer: Any, request: bytes) -> tuple[int, bytes, bool]:
-    """One HTTP/1.1 request and its response: (status, body, keep-alive)."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status, h = int(head[9:12]), head.lower()
-    i = h.find(b"\r\ncontent-length:")
-    if i >= 0:
-        body = await reader.readexactly(int(h[i + 17:h.index(b"\r\n", i + 2)]))
-    elif b"transfer-encoding: chunked" in h:
-        chunks = []
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            chunks.append((await reader.readexactly(size + 2))[:-2])
-        await reader.readuntil(b"\r\n")
-        body = b"".join(chunks)
-    else:
-        raise ConnectionError("a response without a length")
-    return status, body, b"\r\nconnection: close" not in h
-
-
-def http_requests(host: str, port: int, bodies: list[str], paths: list[str],
-                  token: str = "") -> tuple[list[bytes], list[bytes]]:
-    """The prebuilt bytes of every distinct suggest and feed request."""
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    suggest = []
-    for body in bodies:
-        data = body.encode()
-        suggest.append(f"POST /v1/suggest HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}Content-Type: "
-                       f"application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-    feed = [f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode() for p in paths]
-    return suggest, feed
-
-
-async def generate(spec: dict) -> tuple[dict[str, np.ndarray], dict]:
-    """Send the whole schedule of ``spec``; per request: latency from schedule, send lag,
-    status, whether a feed answered cold start."""
-    loop = asyncio.get_running_loop()
-    sched_times, sched_routes = schedule(spec["rates"], spec["warmup"] + spec["duration"],
-                                         spec["arrivals"], spec["seed"])
-    times, routes = sched_times.tolist(), sched_routes.tolist()  # floats and ints, fast to index
-    n = len(times)
-    latency, lag = np.full(n, np.nan), np.full(n, np.nan)
-    status, cold = np.zeros(n, np.int16), np.zeros(n, bool)
-    reqs = http_requests(spec["host"], spec["port"], spec["suggest_bodies"], spec["feed_paths"],
-                         spec.get("token", ""))
-    pool = Pool(spec["host"], spec["port"], spec["max_connections"])
-    t0, timeout = spec["t0"], spec["timeout"]
-
-    async def one(i: int) -> None:
-        kinds = reqs[routes[i]]
-        request, sched = kinds[i % len(kinds)], t0 + times[i]
-        try:
-            async with asyncio.timeout_at(sched + timeout):
-                for attempt in (0, 1):
-                    reader, writer, reused = await pool.get()
-                    if attempt == 0:
-                        lag[i] = loop.time() - sched
-                    try:
-                        code, body, keep = await exchange(reader, writer, request)
-                        break
-                    except asyncio.IncompleteReadError as e:
-                        pool.drop(writer)
-                        if reused and attempt == 0 and not e.partial:
-                            continue  # the server closed an idle connection: once more, anew
-                        raise
-                    except BaseException:
-                        pool.drop(writer)
-                        raise
-            latency[i], status[i] = loop.time() - sched, code
-            cold[i] = b'"cold_start":true' in body or b'"cold_start": true' in body
-            if keep:
-                pool.put(reader, writer)
-            else:
-                pool.drop(writer)
-        except TimeoutError:
-            latency[i], status[i] = timeout, TIMED_OUT
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            latency[i], status[i] = loop.time() - sched, CONN_ERROR
-
-    warm = [await pool.get() for _ in range(spec["preconnect"])]
-    for reader, writer, _ in warm:
-        pool.put(reader, writer)
-    tasks: set[asyncio.Task] = set()
-    in_flight = 0
-    for i in range(n):
-        delay = t0 + times[i] - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = loop.create_task(one(i))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        in_flight = max(in_flight, len(tasks))
-    if tasks:
-        await asyncio.wait(tasks)
-    for _, writer, _ in pool.idle:
-        writer.close()
-    arrays = {"times": sched_times, "routes": sched_routes, "latency": latency, "lag": lag,
-              "status": status, "cold": cold}
-    return arrays, {"connections_opened": pool.opened, "peak_connections": pool.peak,
-                    "peak_in_flight": in_flight}
-
-
-def child_generate(spec_path: str, out_path: str) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:  # woken ahead of the daemon's threads, so our scheduling delays do not read as its latency
-        os.setpriority(os.PRIO_PROCESS, 0, GENERATOR_NICE)
-    except OSError:  # not allowed: it stays at the default priority (its nice is reported)
-        pass
-    spec = json.loads(Path(spec_path).read_text())
-    arrays, meta = asyncio.run(generate(spec))
-    np.savez(out_path, **arrays)  # type: ignore[arg-type]
-    print(json.dumps({**meta, "nice": os.getpriority(os.PRIO_PROCESS, 0)}), flush=True)
 
 
 # --- the background stream (a child process) --------------------------------------------------
@@ -619,15 +377,13 @@ def run_point(target: Target, others: dict[str, int], total: float, args: Any, w
     spec_path, out_path = work / "gen.json", work / "gen.npz"
     t0 = time.monotonic() + 2.0  # the child's start-up and connections come before
     rates = {r: total / len(ROUTES) for r in ROUTES}
-    spec_path.write_text(json.dumps({
+    gen = loadgen.start({
         "host": host, "port": int(port), "t0": t0, "warmup": args.warmup,
         "duration": args.seconds, "rates": rates, "arrivals": args.arrivals, "seed": seed,
         "timeout": args.timeout, "max_connections": args.max_connections,
         "preconnect": int(min(args.max_connections, 8 + total * 0.05)),
         "suggest_bodies": target.bodies, "feed_paths": target.paths,
-        "token": target.settings.api_token}))
-    gen = subprocess.Popen([sys.executable, __file__, "--child", "generate", str(spec_path),
-                            str(out_path)], stdout=subprocess.PIPE, text=True)
+        "token": target.settings.api_token}, spec_path, out_path)
     components = {"generator": gen.pid, **others}
     bar = progress_bar(int(args.warmup + args.seconds), f"{target.name} {total:g} req/s", "s",
                        disable=args.quiet or not is_terminal())
@@ -653,14 +409,11 @@ def run_point(target: Target, others: dict[str, int], total: float, args: Any, w
             gen.kill()
     if gen.returncode != 0:
         raise RuntimeError(f"the load generator failed (exit {gen.returncode})")
-    meta = json.loads(printed)
-    with np.load(out_path) as z:
-        a = {k: z[k] for k in z.files}
-    out: dict[str, Any] = {"offered_rps": total, "routes": {}}
-    for i, route in enumerate(ROUTES):
-        m = a["routes"] == i
-        out["routes"][route] = summarize(a["times"][m], a["latency"][m], a["lag"][m],
-                                         a["status"][m], args.warmup, args.warmup + args.seconds)
+    a, meta = loadgen.read_result(out_path, printed)
+    out: dict[str, Any] = {"offered_rps": total,
+                           "routes": loadgen.summarize_routes(a, args.warmup,
+                                                              args.warmup + args.seconds)}
+    for route in ROUTES:
         out["routes"][route]["offered_rps"] = rates[route]
     window = (a["times"] >= args.warmup) & (a["times"] < args.warmup + args.seconds)
     out["routes"]["feed"]["cold_start_answers"] = int((a["cold"] & window & (a["routes"] == 1))
@@ -904,11 +657,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":  # the processes this script starts
-        if sys.argv[2] == "generate":
-            child_generate(*sys.argv[3:5])
-        else:
-            child_stream(sys.argv[3])
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":  # the stream process this script starts
+        child_stream(sys.argv[3])
         return
     args = parse_args()
     from bench_daemon import Stack, scratch, stop_daemon
