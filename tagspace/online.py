@@ -103,8 +103,7 @@ class OnlineTagSpace:
                     model.word_emb.data[a.row] = torch.randn(model.config.dim) * scale
                 if new_tags:
                     emb = self.tagger.embed_tokens([post.tokens])[0]
-                    norm = float(model.tag_emb.data[self.tags.active].norm(dim=1).mean()) \
-                        if self.tags.size > len(new_tags) else 1.0
+                    norm = self._mean_tag_norm() if self.tags.size > len(new_tags) else 1.0
                     for a in new_tags:
                         model.tag_emb.data[a.row] = emb / emb.norm().clamp_min(1e-8) * norm
                 self._relink(new_words, new_tags)
@@ -116,6 +115,14 @@ class OnlineTagSpace:
             if new_tags:
                 self.steps.set_pool(np.flatnonzero(self.tags.active))
             return new_words + new_tags
+
+    def _mean_tag_norm(self, sample: int = 1024) -> float:
+        """The mean norm of the tag vectors in use, over at most ``sample`` of them: admitting a
+        tag must not read the whole table (100k rows) on the ingestion path."""
+        rows = np.flatnonzero(self.tags.active)
+        if len(rows) > sample:
+            rows = rows[np.linspace(0, len(rows) - 1, sample).astype(np.int64)]
+        return float(self.model.tag_emb.data[torch.from_numpy(rows)].norm(dim=1).mean())
 
     def _relink(self, new_words: Sequence[Admission], new_tags: Sequence[Admission]) -> None:
         link = self.model.word_to_tag
