@@ -61,6 +61,10 @@ class Metrics:
             "tagspace_training_stale_rows_total",
             "Row updates skipped: the row was given to another token during the step",
             registry=r)
+        self.train_lag = Gauge(
+            "tagspace_training_lag_seconds",
+            "Seconds from a tagged post's ingestion to the training step on it (last step; the "
+            "training process)", registry=r)
         self.trainer_restarts = Counter(
             "tagspace_trainer_restarts_total",
             "Times the training process died and was restarted (its weights kept)", registry=r)

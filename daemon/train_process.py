@@ -135,7 +135,8 @@ class TrainingProcess:
             for reason, n in batch.skipped.items():  # counted now: it may never be stepped
                 self.recorder.skip(reason, n)
             if len(batch):
-                batches.append(EncodedBatch(batch.words, batch.gold, batch.since))
+                batches.append(EncodedBatch(batch.words, batch.gold, batch.since,
+                                            created=batch.created))
         dropped = 0
         with self._cond:
             self._pending.extend(batches)
@@ -189,8 +190,10 @@ class TrainingProcess:
                 continue
             if kind == "step":
                 self._done(1)
-                if self.recorder.record(payload):
+                step, created = payload
+                if self.recorder.record(step):
                     self.steps += 1
+                    self.metrics.train_lag.set(max(0.0, time.time() - created))
             elif kind == "error":
                 self._done(1)
                 self.recorder.skip(ERROR, payload)
@@ -285,7 +288,7 @@ def _work(steps: HogwildSteps, rows: _RowWatch, jobs: Any, results: Any,
             logging.getLogger(__name__).exception("training step failed")
             results.put(("error", len(batch)))
             continue
-        results.put(("step", step))
+        results.put(("step", (step, batch.created)))
 
 
 class _RowWatch:

@@ -10,6 +10,7 @@ embed with it while workers update it, lock-free as in Hogwild.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -206,7 +207,7 @@ class OnlineTagSpace:
                 gold.append(tags)
             else:
                 skipped[TAG_NOT_ADMITTED] += 1
-        return EncodedBatch(words, gold, since, dict(skipped))
+        return EncodedBatch(words, gold, since, dict(skipped), time.time())
 
     def snapshot(self) -> Tagger:
         """A consistent copy for checkpointing: vocabularies and weights taken together."""

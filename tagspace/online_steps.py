@@ -57,6 +57,7 @@ class EncodedBatch:
     gold: list[np.ndarray]  # per post, its tag rows in use (>= 1)
     since: tuple[int, int]  # the word and tag vocabularies' generations before encoding
     skipped: Mapping[str, int] = field(default_factory=dict)  # posts left out, by reason
+    created: float = 0.0  # when it was encoded (time.time()): the training lag starts there
 
     def __len__(self) -> int:
         return len(self.gold)

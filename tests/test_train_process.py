@@ -49,6 +49,7 @@ def test_the_childs_steps_change_the_parents_model_and_every_post_is_accounted()
         assert not torch.equal(online.model.tag_emb.detach(), before)
         assert torch.isfinite(online.model.tag_emb).all()
         assert value(metrics, "tagspace_training_loss") > 0
+        assert 0 < value(metrics, "tagspace_training_lag_seconds") < 60
     finally:
         trainer.stop(5.0)
 
