@@ -26,10 +26,12 @@ from tagspace.recommend import unit_rows
 
 log = logging.getLogger(__name__)
 FETCH = 2000  # posts read from Redis per refresh step
-# From this many candidates on, feeds are answered by the ANN index (scripts/bench_feed.py
-# measures where the exact scan's time per request crosses the ANN's on this CPU); a capacity
-# below it never builds the index. 0 or None: never.
-ANN_MIN_CANDIDATES = 1_000_000
+# From this many candidates on, the view carries the ANN index and FeedRanker may answer by it
+# (when n >= ANN_CANDIDATES_PER_QUERY x the history length); below it every feed is an exact
+# scan (under 1 ms there). scripts/bench_feed.py: the scan's time per request crosses the
+# ANN's near 25k candidates for 10-post histories. A capacity below it never builds the
+# index. 0 or None: never.
+ANN_MIN_CANDIDATES = 25_000
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,10 @@ arithmetic over the in-memory candidates, by one of two scans:
   enter the top k. Otherwise (rare: a flat score distribution) the float32 scan runs.
 - ANN (``view.ann``, set by ``CandidateIndex`` from ``ANN_MIN_CANDIDATES`` candidates on):
   each history post a query, the union of their neighbours re-scored exactly, filtered, top k
-  (``daemon/feed_index.py``).
+  (``daemon/feed_index.py``). The scan costs ~ n (a + b h), the ANN ~ c h (h queries), so
+  where they cross grows with the history length h: measured (scripts/bench_feed.py) near
+  25k candidates at h = 10 and 100k at h = 44, about ``ANN_CANDIDATES_PER_QUERY`` x h, so a
+  request takes the ANN when n >= ANN_CANDIDATES_PER_QUERY x h, else scans.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ COLD_START_TTL_S = 1.0  # popularity is read at most this often (a cold feed is 
 CHUNK = 16384  # candidates per block of the scan: a (h x CHUNK) block stays in L2
 POOL = 256  # bf16 scan: this many best (at least 4k) are re-scored in float32
 BF16_ERROR = 4 * 2.0**-9  # bound on |bf16 max-cosine - float32 max-cosine| (module docstring)
+ANN_CANDIDATES_PER_QUERY = 2500  # the ANN answers from this many candidates per history post
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,11 @@ class _Scratch:
 
 class FeedRanker:
     def __init__(self, hub: ModelHub, store: Store, candidates: CandidateIndex,
-                 feed_history: int, *, clock: Callable[[], float] = time.time):
+                 feed_history: int, *, clock: Callable[[], float] = time.time,
+                 ann_candidates_per_query: int = ANN_CANDIDATES_PER_QUERY):
         self.hub, self.store, self.candidates = hub, store, candidates
         self.feed_history = feed_history
+        self.ann_candidates_per_query = ann_candidates_per_query
         self.clock = clock
         self.stats = FeedStats()
         self._spare: list[_Scratch] = []  # as many as requests ever ran at once
@@ -104,13 +110,14 @@ class FeedRanker:
     def rank(self, view: CandidateView, history: np.ndarray, excluded: np.ndarray,
              k: int) -> list[FeedItem]:
         """The top ``k`` candidates by max cosine over ``history`` (unit rows, float32),
-        never the ``excluded`` rows: by the ANN index when the view has one, else exactly."""
+        never the ``excluded`` rows: by the ANN index when the view has one and it costs less
+        than the scan (n >= ann_candidates_per_query x h), else exactly."""
         history = np.ascontiguousarray(history, np.float32)
         n = len(view.ids)
         k = min(k, n - len(np.unique(excluded)))
         if k <= 0:
             return []
-        if view.ann is not None:
+        if view.ann is not None and n >= self.ann_candidates_per_query * len(history):
             items = self.ann_rank(view, history, excluded, k)
             if items is not None:
                 self.stats.ann += 1

@@ -48,10 +48,10 @@ def view_of(vectors, authors, ts=None, bf16=True):
                          np.ones(len(ids), np.int64), np.arange(len(ids), dtype=np.uint64), low)
 
 
-def ranker(store, view, hub=None, clock=lambda: 1e9):
+def ranker(store, view, hub=None, clock=lambda: 1e9, per_query=0):
     candidates = SimpleNamespace(snapshot=lambda: view)
     return FeedRanker(hub or SimpleNamespace(version=1), store, candidates, feed_history=10,
-                      clock=clock)
+                      clock=clock, ann_candidates_per_query=per_query)
 
 
 @pytest.mark.parametrize("bf16", [True, False])
@@ -183,6 +183,17 @@ def test_ann_feed_equals_the_exact_feed_where_the_graph_finds_everything():
         np.testing.assert_allclose([i.score for i in approx], [i.score for i in exact],
                                    atol=1e-6)
     assert r.stats.ann == 3 and r.stats.ann_fallbacks == 0
+
+
+def test_a_history_too_long_for_the_candidates_is_scanned_not_searched():
+    vectors = clustered(3000, 16, 9)
+    view = ann_view(vectors, ["a"] * 3000)
+    r = ranker(FeedStore(), view, per_query=300)  # the ANN from 300 candidates per query on
+    none = np.zeros(0, np.int64)
+    r.rank(view, vectors[:10], none, 5)  # 3000 >= 300 x 10
+    assert r.stats.ann == 1 and r.stats.exact_bf16 == 0
+    r.rank(view, vectors[:11], none, 5)  # 3000 < 300 x 11
+    assert r.stats.ann == 1 and r.stats.exact_bf16 == 1
 
 
 def test_ann_rows_gone_from_the_view_are_dropped_and_too_few_fall_back_to_the_scan():
