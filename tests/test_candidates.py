@@ -338,3 +338,37 @@ def test_the_bf16_copy_follows_every_change(store):
     assert torch.allclose(view.low.float(), torch.from_numpy(view.vectors), atol=4e-3)
     assert CandidateIndex(store, capacity=3, dim=DIM, bf16=False).snapshot().low is None
     assert CandidateIndex(store, capacity=3, dim=DIM).ann is None  # below the default switch
+
+
+def test_feeds_search_the_ann_index_safely_while_it_changes():
+    from daemon.feed_index import FeedIndex
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ann = FeedIndex(8)
+    ann.add(np.arange(500, dtype=np.uint64), vectors[:500])
+    stop, problems = threading.Event(), []
+
+    def search() -> None:
+        while not stop.is_set():
+            try:
+                keys = ann.search(vectors[rng.integers(0, 3000, 10)])
+                assert len(keys) and keys.max() < 3000, keys
+            except Exception as e:  # pragma: no cover - the failure is reported below
+                problems.append(e)
+                return
+    readers = [threading.Thread(target=search) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    try:
+        for start in range(500, 3000, 100):  # a sliding window of 500, as evictions make it
+            ann.add(np.arange(start, start + 100, dtype=np.uint64), vectors[start:start + 100])
+            ann.remove(np.arange(start - 500, start - 400, dtype=np.uint64))
+            ann.update(np.arange(start - 50, start, dtype=np.uint64), vectors[:50])
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(10)
+    assert not problems, problems[0]
+    assert len(ann) == 500 and 2999 in ann and 2499 not in ann
