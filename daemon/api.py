@@ -14,10 +14,13 @@ them in the OpenAPI document.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 import orjson
 import redis
 from fastapi import FastAPI, Path, Query, Request
@@ -176,7 +179,14 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 def create_app(daemon: Daemon) -> FastAPI:
     s = daemon.settings
-    app = FastAPI(title="tagspace", version="1", description=(
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Handlers are sync functions on anyio's thread pool (40 threads by default): on a few
+        # cores more threads only contend for the GIL and the Redis pool's lock.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = s.http_threads
+        yield
+
+    app = FastAPI(title="tagspace", version="1", lifespan=lifespan, description=(
         "#TagSpace streaming hashtag and feed recommender: hashtag suggestions and per-user "
         "feeds from post embeddings (Weston, Chopra, Adams, EMNLP 2014)."),
         responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},

@@ -42,6 +42,7 @@ FRESH_HALF_LIFE_S = 6 * 3600.0  # cold start: popularity discounted by age
 COLD_START_POOL = 5000  # the most liked posts considered for a cold-start feed
 COLD_START_TTL_S = 1.0  # popularity is read at most this often (a cold feed is <= 1 s stale)
 CHUNK = 16384  # candidates per block of the scan: a (h x CHUNK) block stays in L2
+MAX_STALE = 10_000  # history posts waiting for background re-embedding
 POOL = 256  # bf16 scan: this many best (at least 4k) are re-scored in float32
 BF16_ERROR = 4 * 2.0**-9  # bound on |bf16 max-cosine - float32 max-cosine| (module docstring)
 ANN_CANDIDATES_PER_QUERY = 2500  # the ANN answers from this many candidates per history post
@@ -92,6 +93,9 @@ class FeedRanker:
         self._spare_lock = threading.Lock()
         self._popular: tuple[float, dict[str, float]] | None = None  # (read at, post -> likes)
         self._cold: tuple[CandidateView, float, np.ndarray] | None = None  # (view, at, scores)
+        # history posts embedded by an older version, for the maintenance loop to re-embed
+        self._stale: dict[str, None] = {}  # insertion-ordered, at most MAX_STALE
+        self._stale_lock = threading.Lock()
 
     def feed(self, user_id: str, k: int) -> tuple[list[FeedItem], bool]:
         """(items, cold_start)."""
@@ -196,18 +200,37 @@ class FeedRanker:
         return np.concatenate([own, seen_rows]) if len(seen_rows) else own
 
     def _history_vectors(self, state: FeedState, dim: int) -> np.ndarray | None:
-        """Unit embeddings of the user's newest history posts; ones made by an older model
-        version are re-embedded now (and written back), so a feed compares like with like."""
+        """Unit embeddings of the user's newest history posts. One without a usable embedding
+        (none, or another model's size) is embedded now and written back; one embedded by an
+        older version of this model is used as stored and queued for the maintenance loop's
+        re-embedding (``take_stale``): re-embedding up to ``feed_history`` posts on the request
+        path cost more than the rest of a feed, and the live model moves continuously anyway."""
         if not state.history:
             return None
-        stale = [p for p in state.history if state.needs_embedding(p, dim)]
+        unusable = [p for p in state.history
+                    if p.embedding is None or len(p.embedding) != dim]
         vectors = {p.post_id: p.embedding for p in state.history
-                   if p.embedding is not None and not state.needs_embedding(p, dim)}
-        if stale:
-            embs, _, _ = self.hub.reembed(self.store, stale)
-            vectors.update({p.post_id: e for p, e in zip(stale, embs, strict=True)})
+                   if p.embedding is not None and len(p.embedding) == dim}
+        older = [p.post_id for p in state.history
+                 if p not in unusable and p.version < state.version]
+        if older:
+            with self._stale_lock:
+                for post_id in older:
+                    if len(self._stale) < MAX_STALE:
+                        self._stale[post_id] = None
+        if unusable:
+            embs, _, _ = self.hub.reembed(self.store, unusable)
+            vectors.update({p.post_id: e for p, e in zip(unusable, embs, strict=True)})
         rows = np.stack([vectors[p.post_id] for p in state.history]).astype(np.float32)
         return np.ascontiguousarray(unit_rows(rows))
+
+    def take_stale(self, n: int) -> list[str]:
+        """Up to ``n`` history posts seen with an older version's embedding, oldest first."""
+        with self._stale_lock:
+            taken = list(self._stale)[:n]
+            for post_id in taken:
+                del self._stale[post_id]
+        return taken
 
     def _cold_start(self, view: CandidateView, excluded: np.ndarray, k: int) -> list[FeedItem]:
         n = len(view.ids)

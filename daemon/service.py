@@ -140,11 +140,17 @@ class Daemon:
                 last_checkpoint = time.monotonic()
 
     def _reembed(self, budget: int) -> None:
-        """Refresh up to ``budget`` candidates embedded by an older model version."""
+        """Refresh up to ``budget`` posts embedded by an older model version: the history posts
+        feeds found so first, then candidates, newest first."""
         version = self.hub.version
+        budget = min(budget, REEMBED_BATCH)
+        stale = self.feeds.take_stale(budget)
         ids = self.candidates.snapshot().ids
-        stale = [ids[i] for i in (self.candidates.versions < version).nonzero()[0][::-1]]
-        stale = stale[: min(budget, REEMBED_BATCH)]  # newest first
+        if len(stale) < budget:
+            wanted = set(stale)
+            stale += [p for p in (ids[i] for i in
+                                  (self.candidates.versions < version).nonzero()[0][::-1]
+                                  [: budget]) if p not in wanted][: budget - len(stale)]
         if not stale:
             return
         found = self.store.posts(stale, with_tokens=True)

@@ -220,7 +220,7 @@ def test_ann_rows_gone_from_the_view_are_dropped_and_too_few_fall_back_to_the_sc
     assert sorted(i.post_id for i in items) == sorted(view.ids[i] for i in far)
 
 
-def test_stale_history_posts_are_reembedded_and_current_ones_are_not():
+def test_unusable_history_embeddings_are_made_now_older_ones_queued_for_the_background():
     reembedded = []
 
     def reembed(store, posts):
@@ -233,8 +233,11 @@ def test_stale_history_posts_are_reembedded_and_current_ones_are_not():
                stored("small", [1], version=5, tokens=["w"])]  # another model's size
     view = view_of([[1, 0], [0, 1]], ["a", "b"])
     items, _ = ranker(FeedStore(history=history), view, hub=hub).feed("me", k=2)
-    assert reembedded == ["old", "none", "small"]
+    assert reembedded == ["none", "small"]  # "old" is used as stored: (1, 0)
     np.testing.assert_allclose([i.score for i in items], [1.0, 1.0], atol=1e-6)
+    r = ranker(FeedStore(history=history), view, hub=hub)
+    r.feed("me", k=2)
+    assert r.take_stale(10) == ["old"] and r.take_stale(10) == []
 
 
 def test_buffers_are_reused_across_requests():
