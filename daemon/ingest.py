@@ -33,6 +33,7 @@ from tagspace.dataset import Post
 
 log = logging.getLogger(__name__)
 EVAL_PER_BATCH = 64  # prequential evaluation: at most this many posts per batch are scored
+EVAL_PER_S = 20.0  # and at most this many per second: a sample is enough for the P@1 gauges
 LAG_EVERY_S = 1.0
 
 
@@ -56,6 +57,7 @@ class Ingestor:
         self._last_lag = 0.0
         self._write_id = ""
         self.failed = False  # set when the loop died of an unexpected error
+        self._eval_tokens, self._eval_at = float(EVAL_PER_BATCH), time.monotonic()
 
     # clients
     @property
@@ -209,8 +211,9 @@ class Ingestor:
         (prequential P@1 / R@10: before any training on them)."""
         if not posts:
             return np.zeros((0, self.hub.online.model.config.dim), np.float32)
-        budget = EVAL_PER_BATCH if self.trainer is not None else 0
+        budget = self._eval_budget() if self.trainer is not None else 0
         embeddings, predictions = self.hub.online.embed_and_evaluate(posts, budget)
+        self._eval_tokens -= len(predictions)
         for pred in predictions:
             self.p1.add(float(pred.hit_at_1), 1.0)
             self.r10.add(pred.found_at_10, pred.gold)
@@ -219,6 +222,14 @@ class Ingestor:
             self.metrics.online_p1.set(self.p1.rate())
             self.metrics.online_r10.set(self.r10.rate())
         return embeddings
+
+    def _eval_budget(self) -> int:
+        """Posts this batch may score: a token bucket of EVAL_PER_S, at most EVAL_PER_BATCH."""
+        now = time.monotonic()
+        self._eval_tokens = min(float(EVAL_PER_BATCH),
+                                self._eval_tokens + (now - self._eval_at) * EVAL_PER_S)
+        self._eval_at = now
+        return int(self._eval_tokens)
 
     def _write_with_retry(self, posts, version, interactions, stop,  # type: ignore[no-untyped-def]
                           split: bool = True):

@@ -126,3 +126,27 @@ def test_a_serving_replica_loads_the_versions_a_trainer_publishes(tmp_path):
     assert replica.reload_if_newer() is True and replica.version == trainer.version == 2
     assert replica.online.tags.get("breakfast") is not None
     assert replica.reload_if_newer() is False  # already current
+
+
+def test_prequential_scoring_is_a_bounded_sample_per_second():
+    import numpy as np
+
+    from daemon import ingest as ingest_module
+    from tagspace.online import Prediction
+
+    asked: list[int] = []
+
+    def embed_and_evaluate(posts, evaluate):  # type: ignore[no-untyped-def]
+        asked.append(evaluate)
+        n = min(evaluate, sum(1 for p in posts if p.tags))
+        return np.zeros((len(posts), 4), np.float32), [Prediction(True, 1, 1)] * n
+
+    online = SimpleNamespace(embed_and_evaluate=embed_and_evaluate,
+                             model=SimpleNamespace(config=SimpleNamespace(dim=4)))
+    ingestor = Ingestor(Settings(), store=None, hub=SimpleNamespace(online=online),  # type: ignore[arg-type]
+                        trainer=SimpleNamespace(), metrics=Metrics())  # type: ignore[arg-type]
+    batch = [post(i, "maple syrup", ["breakfast"]) for i in range(100)]
+    for _ in range(5):  # back to back: the first batch takes the burst, then only the refill
+        ingestor._embed(batch)
+    assert asked[0] == ingest_module.EVAL_PER_BATCH
+    assert sum(asked[1:]) <= 4  # 5 calls within well under a second at 20 posts/s
