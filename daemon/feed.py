@@ -152,7 +152,7 @@ class FeedRanker:
             rows, bound = rows_t.numpy(), values.float().numpy()
             kept = bound > -np.inf
             rows, bound = rows[kept], bound[kept]
-            exact = (view.vectors[rows] @ history.T).max(axis=1)
+            exact = _rescore(view.vectors, rows, history)
             best = _top(exact, k)
             complete = pool == n or len(rows) < pool  # every allowed row is in the pool
             if complete or bound.min() + BF16_ERROR < exact[best[-1]]:
@@ -176,7 +176,7 @@ class FeedRanker:
         rows = rows[~np.isin(rows, excluded)]
         if len(rows) < k:
             return None
-        exact = (view.vectors[rows] @ history.T).max(axis=1)
+        exact = _rescore(view.vectors, rows, history)
         best = _top(exact, k)
         return [FeedItem(view.ids[rows[i]], float(exact[i])) for i in best]
 
@@ -278,6 +278,13 @@ def _max_cosine(scratch: _Scratch, vectors: torch.Tensor, history: torch.Tensor)
         torch.mm(history, vectors[start:end].T, out=part)
         torch.amax(part, dim=0, out=out[start:end])
     return out
+
+
+def _rescore(vectors: np.ndarray, rows: np.ndarray, history: np.ndarray) -> np.ndarray:
+    """Exact float32 max cosine of a few rows. torch, not numpy: numpy's OpenBLAS runs small
+    products on all its threads, which under load costs ~10x (measured: 3.5 vs 0.37 ms)."""
+    picked = torch.from_numpy(vectors[rows])
+    return torch.mm(picked, torch.from_numpy(history).T).amax(dim=1).numpy()
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
