@@ -207,12 +207,11 @@ class FeedRanker:
         path cost more than the rest of a feed, and the live model moves continuously anyway."""
         if not state.history:
             return None
-        unusable = [p for p in state.history
-                    if p.embedding is None or len(p.embedding) != dim]
+        unusable = [p for p in state.history if state.unusable(p, dim)]
         vectors = {p.post_id: p.embedding for p in state.history
-                   if p.embedding is not None and len(p.embedding) == dim}
+                   if p.embedding is not None and not state.unusable(p, dim)}
         older = [p.post_id for p in state.history
-                 if p not in unusable and p.version < state.version]
+                 if not state.unusable(p, dim) and state.older(p)]
         if older:
             with self._stale_lock:
                 for post_id in older:

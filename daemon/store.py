@@ -107,10 +107,11 @@ return 1
 
 
 _FEED_STATE = """
--- KEYS: seen, hist; ARGV: post key prefix, history limit, model version, embedding bytes.
+-- KEYS: seen, hist; ARGV: post key prefix, history limit, embedding bytes.
 -- Everything a feed reads, in one round trip: the seen set, then the newest history posts,
--- each as {user, ts, emb, ver} plus its tokens when it needs re-embedding (its embedding is
--- missing, of another size, or older than the model version). Post keys are derived here
+-- each as {user, ts, emb, ver} plus its tokens when it must be embedded now (its embedding
+-- is missing or of another model's size; an older version's is used as stored, and
+-- re-embedded in the background from the stored post). Post keys are derived here
 -- from the history's ids (the prefix is Store.post_key's), so they are not in KEYS: the
 -- script needs one Redis, not a cluster (as the shared keys do; docs/OPERATIONS.md).
 local seen = redis.call('ZRANGE', KEYS[1], 0, -1)
@@ -121,8 +122,7 @@ local posts = {}
 for i, id in ipairs(ids) do
   local key = ARGV[1] .. id
   local row = redis.call('HMGET', key, 'user', 'ts', 'emb', 'ver')
-  if row[1] and (not row[3] or not row[4] or #row[3] ~= tonumber(ARGV[4])
-                 or tonumber(row[4]) < tonumber(ARGV[3])) then
+  if row[1] and (not row[3] or #row[3] ~= tonumber(ARGV[3])) then
     row[5] = redis.call('HGET', key, 'tokens')
   end
   posts[i] = row
@@ -145,15 +145,20 @@ class StoredPost:
 @dataclass(frozen=True)
 class FeedState:
     """What a feed needs from Redis: the posts the user interacted with or hid, and their
-    newest history posts (newest first; tags not read, tokens only where ``needs_embedding``)."""
+    newest history posts (newest first; tags not read; tokens only where ``unusable``)."""
 
     seen: list[str]
     history: list[StoredPost]
     version: int  # the model version the history was read against
 
-    def needs_embedding(self, post: StoredPost, dim: int) -> bool:
-        return (post.embedding is None or len(post.embedding) != dim
-                or post.version < self.version)
+    @staticmethod
+    def unusable(post: StoredPost, dim: int) -> bool:
+        """No embedding, or another model's size: it must be embedded before use."""
+        return post.embedding is None or len(post.embedding) != dim
+
+    def older(self, post: StoredPost) -> bool:
+        """Embedded by a version older than the one read against."""
+        return post.version < self.version
 
 
 @dataclass(frozen=True)
@@ -312,11 +317,12 @@ class Store:
     def feed_state(self, user_id: str, history_limit: int, version: int,
                    dim: int) -> FeedState:
         """The user's seen posts and newest ``history_limit`` history posts with their
-        embeddings (tokens where older than ``version`` or not of ``dim`` floats): one round
-        trip, a Lua script. History posts no longer stored are left out."""
+        embeddings (tokens where there is none of ``dim`` floats): one round trip, a Lua
+        script. History posts no longer stored are left out. ``version``: the model version
+        the caller compares against (``FeedState.older``)."""
         seen, ids, rows = self._timed("feed_state", lambda: self._feed_state(
             keys=[self.seen_key(user_id), self.history_key(user_id)],
-            args=[self.post_key(""), history_limit, version, 4 * dim]))
+            args=[self.post_key(""), history_limit, 4 * dim]))
         history = []
         for post_id, row in zip(ids, rows, strict=True):
             if not row or row[0] is None:

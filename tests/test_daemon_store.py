@@ -122,11 +122,12 @@ def test_feed_state_reads_seen_history_and_its_posts_in_one_round_trip(counted):
     # newest first; "gone" was never stored; a hide is not history
     assert [p.post_id for p in state.history] == ["c", "a"]
     c, a = state.history
-    assert c.version == 2 and c.tokens == ["w3", "w4"]  # older than version 3: tokens come
-    assert a.version == 3 and a.tokens == [] and np.array_equal(a.embedding, vec(1, 0, 0, 0))
-    assert not state.needs_embedding(a, 4) and state.needs_embedding(c, 4)
-    assert state.needs_embedding(a, 8)  # a model of another size: re-embed
-    assert s.feed_state("v", 8, 3, 8).history[1].tokens == ["w1"]
+    assert c.version == 2 and state.older(c) and not state.older(a)
+    assert a.version == 3 and np.array_equal(a.embedding, vec(1, 0, 0, 0))
+    assert a.tokens == c.tokens == []  # usable embeddings: no tokens sent
+    assert not state.unusable(a, 4) and state.unusable(a, 8)
+    other = s.feed_state("v", 8, 3, 8)  # a model of another size: every one unusable
+    assert [p.tokens for p in other.history] == [["w3", "w4"], ["w1"]]
     assert [p.post_id for p in s.feed_state("v", 2, 1, 4).history] == ["c"]  # "gone", "c"
     assert s.feed_state("v", 0, 1, 4).history == []
     empty = s.feed_state("nobody", 10, 1, 4)
