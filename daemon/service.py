@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 import torch
 import uvicorn
+from threadpoolctl import threadpool_limits
 
 from daemon.api import create_app
 from daemon.candidates import CandidateIndex
@@ -45,6 +46,7 @@ class Daemon:
     def __init__(self, settings: Settings):
         s = self.settings = settings
         torch.set_num_threads(1)  # many request and worker threads: one core each, no spinning
+        threadpool_limits(1)  # and numpy's BLAS likewise: its own threads spin against ours
         self.metrics = Metrics()
         self.redis = redis.Redis.from_url(s.redis_url, socket_timeout=5,
                                           socket_connect_timeout=2, health_check_interval=10)
