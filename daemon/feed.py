@@ -6,7 +6,7 @@ One request = one Redis round trip (``Store.feed_state``: seen set, history, its
 arithmetic over the in-memory candidates, by one of two scans:
 
 - exact: s_j = max_q <q, v_j> over the history rows q, as (h x n) = H V^T blocks reduced over
-  axis 0 (contiguous), CHUNK candidates at a time in per-thread buffers. Where the CPU
+  axis 0 (contiguous), CHUNK candidates at a time in reused buffers. Where the CPU
   multiplies bfloat16 natively the scan runs in bf16, then its best ``POOL`` are re-scored in
   float32, and the result is provably the float32 ranking: for unit vectors rounded to bf16
   (unit roundoff u = 2^-9), |<q', v'> - <q, v>| <= (2u + u^2) |q||v| (Cauchy-Schwarz), plus
@@ -17,9 +17,9 @@ arithmetic over the in-memory candidates, by one of two scans:
 - ANN (``view.ann``, set by ``CandidateIndex`` from ``ANN_MIN_CANDIDATES`` candidates on):
   each history post a query, the union of their neighbours re-scored exactly, filtered, top k
   (``daemon/feed_index.py``). The scan costs ~ n (a + b h), the ANN ~ c h (h queries), so
-  where they cross grows with the history length h: measured (scripts/bench_feed.py) near
-  25k candidates at h = 10 and 100k at h = 44, about ``ANN_CANDIDATES_PER_QUERY`` x h, so a
-  request takes the ANN when n >= ANN_CANDIDATES_PER_QUERY x h, else scans.
+  where they cross grows with the history length h: measured (scripts/bench_feed.py, real
+  posts) between 20k and 54k candidates at h = 10 and between 54k and 100k at h = 43, about
+  ``ANN_CANDIDATES_PER_QUERY`` x h, so a request takes the ANN when n >= that, else scans.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from tagspace.recommend import unit_rows
 FRESH_HALF_LIFE_S = 6 * 3600.0  # cold start: popularity discounted by age
 COLD_START_POOL = 5000  # the most liked posts considered for a cold-start feed
 COLD_START_TTL_S = 1.0  # popularity is read at most this often (a cold feed is <= 1 s stale)
-CHUNK = 16384  # candidates per block of the scan: a (h x CHUNK) block stays in L2
+CHUNK = 16384  # candidates per block of the scan: the block buffer is h x CHUNK, not h x n
 MAX_STALE = 10_000  # history posts waiting for background re-embedding
 POOL = 256  # bf16 scan: this many best (at least 4k) are re-scored in float32
 BF16_ERROR = 4 * 2.0**-9  # bound on |bf16 max-cosine - float32 max-cosine| (module docstring)
