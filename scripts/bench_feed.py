@@ -16,7 +16,9 @@ follows its adds), then every user's feed is ranked by
 - ``before``: the former code (``(V @ H.T).max(axis=1)`` in numpy, masks, argpartition),
 - ``fp32``: the exact scan in float32 (H V^T blocks, max over axis 0),
 - ``bf16``: the exact scan in bf16 with its float32 re-score (the daemon's default here),
-- ``ann``: the ANN index (each history post a query, the union re-scored exactly),
+- ``ann``: the ANN index (each history post a query, the union re-scored exactly; the exact
+  scan when the neighbours left after the exclusions cannot fill k),
+- ``daemon``: what FeedRanker.rank picks (the ANN from ANN_CANDIDATES_PER_QUERY x h),
 and timed per request (one thread, as one HTTP request runs). Printed: ms per request (mean,
 p50, p99), recall@k of the ANN against the exact float32 top k, bf16's top-k overlap with
 float32 and its raw score error (before the re-score), and the switch point (the first size
@@ -58,6 +60,7 @@ from tagspace.recommend import unit_rows
 from tagspace.text import tokenize
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+METHODS = ("before", "fp32", "bf16", "ann", "daemon")
 
 
 class ListStore:
@@ -208,7 +211,12 @@ def main() -> None:
     candidates_module.FETCH = 1000
     index = CandidateIndex(store, capacity=sizes[-1], dim=vectors.shape[1],
                            ann_min_candidates=1, bf16=True, ann=ann)
-    ranker = FeedRanker(SimpleNamespace(version=1), None, index, max(histories))  # type: ignore[arg-type]
+    hub = SimpleNamespace(version=1)
+    ranker = FeedRanker(hub, None, index, max(histories))  # type: ignore[arg-type]
+    # the ANN as the daemon serves it, at every size: the exact scan when its neighbours
+    # cannot fill k (counted in ann_fallbacks)
+    ann_ranker = FeedRanker(hub, None, index, max(histories),  # type: ignore[arg-type]
+                            ann_candidates_per_query=0)
 
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
@@ -233,10 +241,11 @@ def main() -> None:
         view = index.snapshot()
         assert len(view.ids) == n
         for h in histories:
-            ms: dict[str, list[float]] = {m: [] for m in ("before", "fp32", "bf16", "ann")}
+            ms: dict[str, list[float]] = {m: [] for m in METHODS}
             recall, overlap, same_ids, bf16_err, score_err = [], [], [], 0.0, 0.0
+            daemon_recall = []
             lengths = []
-            falls = (ranker.stats.bf16_fallbacks, ranker.stats.ann_fallbacks)
+            falls = (ranker.stats.bf16_fallbacks, ann_ranker.stats.ann_fallbacks)
             for u in chosen:
                 rows, liked = user_history(u, n, h, by_user, by_tag, tags, args.history_from)
                 if not rows:
@@ -254,11 +263,14 @@ def main() -> None:
                 ms["fp32"].append(t)
                 low, t = timed(lambda: ranker.exact_rank(view, history, excluded, k), r)  # noqa: B023
                 ms["bf16"].append(t)
-                approx, t = timed(lambda: ranker.ann_rank(view, history, excluded, k), r)  # noqa: B023
+                approx, t = timed(lambda: ann_ranker.rank(view, history, excluded, k), r)  # noqa: B023
                 ms["ann"].append(t)
+                served, t = timed(lambda: ranker.rank(view, history, excluded, k), r)  # noqa: B023
+                ms["daemon"].append(t)
                 kth = exact[-1].score
                 overlap.append(hits(kth, low) / len(exact))
                 recall.append(hits(kth, approx) / len(exact))
+                daemon_recall.append(hits(kth, served) / len(exact))
                 truth = {i.post_id for i in exact}
                 same_ids.append(len(truth & {i.post_id for i in approx or []}) / len(truth))
                 score_err = max(score_err, max(abs(a.score - b.score)
@@ -273,20 +285,23 @@ def main() -> None:
                    "ann_recall_at_k": round(float(np.mean(recall)), 4),
                    "ann_recall_min": round(float(np.min(recall)), 3),
                    "ann_same_ids": round(float(np.mean(same_ids)), 4),
+                   "daemon_recall_at_k": round(float(np.mean(daemon_recall)), 4),
                    "bf16_topk_overlap": round(float(np.mean(overlap)), 4),
                    "bf16_raw_score_error_max": round(bf16_err, 5),
                    "bf16_served_score_error_max": round(score_err, 7),
                    "bf16_fallbacks": ranker.stats.bf16_fallbacks - falls[0],
-                   "ann_fallbacks": ranker.stats.ann_fallbacks - falls[1]}
+                   "ann_fallbacks": ann_ranker.stats.ann_fallbacks - falls[1]}
             results.append(row)
             print(json.dumps(row))
-    print(f"\n{'n':>7} {'h':>3} {'mean h':>6} | ms per request, mean (p99): {'before':>14} "
-          f"{'fp32':>14} {'bf16':>14} {'ann':>14} | recall@{args.k} | bf16 overlap")
+    print(f"\n{'n':>7} {'h':>3} {'mean h':>6} | ms per request, mean (p99): "
+          + " ".join(f"{m:>14}" for m in METHODS)
+          + f" | recall@{args.k} ann, daemon | bf16 overlap")
     for r in results:
         cells = " ".join(f"{r[f'{m}_ms']['mean']:7.2f} ({r[f'{m}_ms']['p99']:5.1f})"
-                         for m in ("before", "fp32", "bf16", "ann"))
+                         for m in METHODS)
         print(f"{r['candidates']:>7} {r['history']:>3} {r['history_mean']:>6} | {cells} | "
-              f"{r['ann_recall_at_k']:.4f} | {r['bf16_topk_overlap']:.4f}")
+              f"{r['ann_recall_at_k']:.4f}, {r['daemon_recall_at_k']:.4f} | "
+              f"{r['bf16_topk_overlap']:.4f}")
     for h in histories:
         rows = [r for r in results if r["history"] == h]
         switch = next((r for r in rows if r["ann_ms"]["mean"] < r["bf16_ms"]["mean"]), None)
