@@ -144,7 +144,7 @@ class Settings:
             raise bad("role", f"{self.role!r} is not one of {', '.join(ROLES)}")
         if self.train_queue < self.max_poll_records:
             raise bad("train_queue", f"must be >= max_poll_records ({self.max_poll_records}): "
-                      "a smaller queue could never take a whole batch")
+                      "a smaller buffer would drop most of every batch")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise bad("log_level", f"unknown level {self.log_level!r}")
         if self.kafka_security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT",

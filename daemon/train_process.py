@@ -109,10 +109,6 @@ class TrainingProcess:
         log.info("training process %d started (%d Hogwild workers, idle CPU priority)",
                  self._proc.pid, self.workers)
 
-    def room(self) -> int:
-        with self._cond:
-            return (self.max_batches - len(self._pending)) * self.batch_size
-
     def queued(self) -> int:
         """Posts waiting in the parent for the child."""
         with self._cond:

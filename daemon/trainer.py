@@ -61,9 +61,6 @@ class OnlineTrainer:
         for t in self._threads:
             t.start()
 
-    def room(self) -> int:
-        return self.queue.maxsize - self.queue.qsize()
-
     def idle(self) -> bool:
         """Nothing queued (a step may still be finishing: tests also watch ``steps``)."""
         return self.queue.empty()
