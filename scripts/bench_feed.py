@@ -18,7 +18,8 @@ follows its adds), then every user's feed is ranked by
 - ``bf16``: the exact scan in bf16 with its float32 re-score (the daemon's default here),
 - ``ann``: the ANN index (each history post a query, the union re-scored exactly; the exact
   scan when the neighbours left after the exclusions cannot fill k),
-- ``daemon``: what FeedRanker.rank picks (the ANN from ANN_CANDIDATES_PER_QUERY x h),
+- ``daemon``: what FeedRanker.rank picks (the ANN from ANN_CANDIDATES_PER_QUERY x h); it
+  runs last on each request, so its time is cache-warm: read it for its choice and recall,
 and timed per request (one thread, as one HTTP request runs). Printed: ms per request (mean,
 p50, p99), recall@k of the ANN against the exact float32 top k, bf16's top-k overlap with
 float32 and its raw score error (before the re-score), and the switch point (the first size
