@@ -110,6 +110,13 @@ class Settings:
                              "model")
     # serving
     feed_history: int = _s(50, "newest history posts a feed is scored against", "serving")
+    feed_ann_min_candidates: int = _s(25_000, "candidates from which feeds may use the ANN "
+                                      "index (HNSW), built only when recent_posts reaches it "
+                                      "(above recent_posts: exact scans only)", "serving")
+    feed_ann_candidates_per_query: int = _s(2500, "a feed uses the ANN index when there are at "
+                                            "least this many candidates per history post "
+                                            "(the measured crossing with the exact scan)",
+                                            "serving")
     max_k: int = _s(100, "largest k a request may ask for", "serving")
     max_body_bytes: int = _s(64 * 1024, "largest request body", "serving")
     api_token: str = _s("", "bearer token the /v1 API requires when set (admin routes always "

@@ -69,9 +69,11 @@ class Daemon:
         elif s.trains:
             self.trainer = OnlineTrainer(self.hub.online, self.metrics, s.workers,
                                          s.batch_size, s.train_queue)
-        self.candidates = CandidateIndex(self.store, s.recent_posts, dim)
+        self.candidates = CandidateIndex(self.store, s.recent_posts, dim,
+                                         ann_min_candidates=s.feed_ann_min_candidates)
         self.scorer = Scorer(self.hub, self.store)
-        self.feeds = FeedRanker(self.hub, self.store, self.candidates, s.feed_history)
+        self.feeds = FeedRanker(self.hub, self.store, self.candidates, s.feed_history,
+                                ann_candidates_per_query=s.feed_ann_candidates_per_query)
         self.redis_ok = False
         self.ingestor = Ingestor(s, self.store, self.hub, self.trainer, self.metrics,
                                  on_redis_state=self._set_redis_state)
@@ -147,12 +149,12 @@ class Daemon:
         version = self.hub.version
         budget = min(budget, REEMBED_BATCH)
         stale = self.feeds.take_stale(budget)
-        ids = self.candidates.snapshot().ids
-        if len(stale) < budget:
+        view = self.candidates.snapshot()  # one view: ids and versions aligned
+        if len(stale) < budget and view.versions is not None:
             wanted = set(stale)
-            stale += [p for p in (ids[i] for i in
-                                  (self.candidates.versions < version).nonzero()[0][::-1]
-                                  [: budget]) if p not in wanted][: budget - len(stale)]
+            older = (view.versions < version).nonzero()[0][::-1][: budget]
+            stale += [p for p in (view.ids[i] for i in older)
+                      if p not in wanted][: budget - len(stale)]
         if not stale:
             return
         found = self.store.posts(stale, with_tokens=True)
