@@ -48,7 +48,7 @@ def test_the_childs_steps_change_the_parents_model_and_every_post_is_accounted()
         # shared memory: the parent's own tensors moved, nothing was copied back
         assert not torch.equal(online.model.tag_emb.detach(), before)
         assert torch.isfinite(online.model.tag_emb).all()
-        assert value(metrics, "tagspace_training_loss") > 0
+        # (the loss gauge is the last step's: 0 once the toy topics are separated, so no check)
         assert 0 < value(metrics, "tagspace_training_lag_seconds") < 60
     finally:
         trainer.stop(5.0)
