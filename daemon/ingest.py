@@ -154,7 +154,8 @@ class Ingestor:
 
     def _train_only(self, decoded: Decoded, batch: dict) -> None:
         posts = [p for p, _ in decoded.posts]
-        self._embed([p for p in posts if p.tags][:EVAL_PER_BATCH])  # scored; replicas store
+        tagged = [p for p in posts if p.tags]
+        self._embed(tagged[:self._eval_budget()])  # only scored: the serving replicas store
         if self.trainer is not None:
             self._learn(posts)
         self._commit(batch)

@@ -51,12 +51,12 @@ def share(online: OnlineTagSpace) -> dict[str, Any]:
     shared memory (in place: the parent keeps using the same objects); what the child needs."""
     online.model.share_memory()
     arrays = {}
-    for kind, vocab in (("words", online.words), ("tags", online.tags)):
-        for name in ("row_generation", "active"):
-            old = getattr(vocab, name)
-            tensor = torch.from_numpy(old.copy()).share_memory_()
-            setattr(vocab, name, tensor.numpy())  # numpy view of the shared pages
-            arrays[f"{kind}.{name}"] = tensor
+    for kind, name in (("words", "row_generation"), ("tags", "row_generation"),
+                       ("tags", "active")):  # what _RowWatch reads
+        vocab = online.words if kind == "words" else online.tags
+        tensor = torch.from_numpy(getattr(vocab, name).copy()).share_memory_()
+        setattr(vocab, name, tensor.numpy())  # numpy view of the shared pages
+        arrays[f"{kind}.{name}"] = tensor
     online.steps.row_generation = (online.words.row_generation, online.tags.row_generation)
     return {"model_config": online.model.config.to_dict(),
             "state": online.model.state_dict(), "arrays": arrays,
