@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from daemon.candidates import CandidateIndex, CandidateView
-from daemon.model_hub import ModelHub
+from daemon.model_hub import ServedModel
 from daemon.store import FeedState, Store
 from tagspace.recommend import unit_rows
 
@@ -81,7 +81,7 @@ class _Scratch:
 
 
 class FeedRanker:
-    def __init__(self, hub: ModelHub, store: Store, candidates: CandidateIndex,
+    def __init__(self, hub: ServedModel, store: Store, candidates: CandidateIndex,
                  feed_history: int, *, clock: Callable[[], float] = time.time,
                  ann_candidates_per_query: int = ANN_CANDIDATES_PER_QUERY):
         self.hub, self.store, self.candidates = hub, store, candidates

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from tagspace.personalize import (
     load_personalization,
     save_personalization,
 )
+from tagspace.tagger import Tagger
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +123,12 @@ class ModelHub:
         log.info("loaded model version %d published in %s", self.version, self.checkpoints)
         return True
 
+    @property
+    def tagger(self) -> Tagger:
+        return self.online.tagger
+
     def reembed(self, store: Store, posts: Sequence[StoredPost]) -> tuple[np.ndarray, int, int]:
-        """Embed stored posts with the current model and write the embeddings back wherever an
-        older version made them: (embeddings, their version, how many were replaced)."""
-        version = self.version  # read first: a label never newer than the model
-        embs = self.online.tagger.embed_all([p.tokens for p in posts])
-        changed = store.set_embeddings(
-            [(p.post_id, e) for p, e in zip(posts, embs, strict=True)], version)
-        return embs, version, changed
+        return reembed(self, store, posts)
 
     def checkpoint(self) -> Path:
         """Write the next version; the previous checkpoints stay until it is complete.
@@ -161,6 +161,31 @@ class ModelHub:
         for old in sorted(self.checkpoints.glob("v*"))[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return path
+
+
+class ServedModel(Protocol):
+    """What serving reads of a model: the hub itself, or a serving process's mirror of it."""
+
+    version: int
+    version_time: float
+    personalizer: Personalizer
+
+    @property
+    def tagger(self) -> Tagger: ...
+
+    def reembed(self, store: Store,
+                posts: Sequence[StoredPost]) -> tuple[np.ndarray, int, int]: ...
+
+
+def reembed(model: ServedModel, store: Store,
+            posts: Sequence[StoredPost]) -> tuple[np.ndarray, int, int]:
+    """Embed stored posts with the current model and write the embeddings back wherever an
+    older version made them: (embeddings, their version, how many were replaced)."""
+    version = model.version  # read first: a label never newer than the model
+    embs = model.tagger.embed_all([p.tokens for p in posts])
+    changed = store.set_embeddings(
+        [(p.post_id, e) for p, e in zip(posts, embs, strict=True)], version)
+    return embs, version, changed
 
 
 def _personalizer(model_dir: Path, extra: dict) -> Personalizer:

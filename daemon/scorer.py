@@ -20,7 +20,7 @@ no longer be the one ``tagspace evaluate --personalize`` measures.
 
 from __future__ import annotations
 
-from daemon.model_hub import ModelHub
+from daemon.model_hub import ServedModel
 from daemon.store import Store
 from tagspace.personalize import AuthorHistory
 from tagspace.tagger import top_k
@@ -28,12 +28,11 @@ from tagspace.text import parse_post_text
 
 
 class Scorer:
-    def __init__(self, hub: ModelHub, store: Store):
+    def __init__(self, hub: ServedModel, store: Store):
         self.hub, self.store = hub, store
 
     def suggest(self, text: str, k: int, user_id: str | None) -> list[tuple[str, float]]:
-        online, version, personalizer = self.hub.online, self.hub.version, self.hub.personalizer
-        tagger = online.tagger
+        tagger, version, personalizer = self.hub.tagger, self.hub.version, self.hub.personalizer
         tokens = parse_post_text(text).tokens
         active = tagger.score_active([tokens])
         scores = active.scores
@@ -43,4 +42,4 @@ class Scorer:
             # the model's vectors of this history: reusable until the version or history moves
             key = (user_id, version, len(past), past[-1][0])
             scores = personalizer.scores_active(tagger, active, [tokens], [history], [key])
-        return [(s.tag, s.score) for s in top_k(scores[0], online.tags, k, active.tags.rows)]
+        return [(s.tag, s.score) for s in top_k(scores[0], tagger.tags, k, active.tags.rows)]

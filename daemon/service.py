@@ -10,6 +10,7 @@ once.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from daemon.ingest import Ingestor
 from daemon.metrics import Metrics
 from daemon.model_hub import ModelDiverged, ModelHub
 from daemon.scorer import Scorer
+from daemon.serving import Serving
 from daemon.store import Store
 from daemon.train_process import TrainingProcess
 from daemon.trainer import OnlineTrainer, Trainer
@@ -39,7 +41,6 @@ from tagspace.model import ModelConfig
 from tagspace.online import Capacity
 
 log = logging.getLogger("tagspace.daemon")
-REEMBED_BATCH = 256
 
 
 class Daemon:
@@ -61,7 +62,6 @@ class Daemon:
                             word_tag_share=True)
         self.hub = ModelHub(Path(s.model_dir), capacity, train, fresh, s.keep_checkpoints,
                             metrics=self.metrics)
-        dim = self.hub.online.model.config.dim
         self.trainer: Trainer | None = None
         if s.trains and s.train_process:
             self.trainer = TrainingProcess(self.hub.online, self.metrics, s.workers,
@@ -69,11 +69,7 @@ class Daemon:
         elif s.trains:
             self.trainer = OnlineTrainer(self.hub.online, self.metrics, s.workers,
                                          s.batch_size, s.train_queue)
-        self.candidates = CandidateIndex(self.store, s.recent_posts, dim,
-                                         ann_min_candidates=s.feed_ann_min_candidates)
-        self.scorer = Scorer(self.hub, self.store)
-        self.feeds = FeedRanker(self.hub, self.store, self.candidates, s.feed_history,
-                                ann_candidates_per_query=s.feed_ann_candidates_per_query)
+        self.serving = Serving(s, self.store, self.hub, self.metrics)
         self.redis_ok = False
         self.ingestor = Ingestor(s, self.store, self.hub, self.trainer, self.metrics,
                                  on_redis_state=self._set_redis_state)
@@ -82,6 +78,19 @@ class Daemon:
         self._http: uvicorn.Server | None = None
         self._kafka_probe = (0.0, False)
         self.app = create_app(self)
+
+    # the in-process serving parts (tests and tools read them)
+    @property
+    def scorer(self) -> Scorer:
+        return self.serving.scorer
+
+    @property
+    def feeds(self) -> FeedRanker:
+        return self.serving.feeds
+
+    @property
+    def candidates(self) -> CandidateIndex:
+        return self.serving.candidates
 
     def _set_redis_state(self, ok: bool) -> None:
         self.redis_ok = ok
@@ -107,6 +116,7 @@ class Daemon:
                 raise RuntimeError(f"the HTTP server could not listen on {s.http_addr}")
             time.sleep(0.02)
         self.refresh_gauges()
+        freeze_heap()
         log.info("serving on http://%s (model version %d, %s); Kafka %s; Redis %s",
                  s.http_addr, self.hub.version, self.hub.source, s.kafka_bootstrap,
                  s.redis_url)
@@ -130,8 +140,7 @@ class Daemon:
                 except Exception:  # a half-copied or bad checkpoint: keep the current model
                     log.exception("loading a published model version failed")
             try:
-                self.candidates.refresh()
-                self._reembed(int(s.reembed_rate * s.candidate_refresh_s) + 1)
+                self.serving.maintain()
                 self.redis_ok = True
             except redis.RedisError as e:
                 self.redis_ok = False
@@ -142,31 +151,6 @@ class Daemon:
                     time.monotonic() - last_checkpoint >= s.checkpoint_interval_s:
                 self.checkpoint()
                 last_checkpoint = time.monotonic()
-
-    def _reembed(self, budget: int) -> None:
-        """Refresh up to ``budget`` posts embedded by an older model version: the history posts
-        feeds found so first, then candidates, newest first."""
-        version = self.hub.version
-        budget = min(budget, REEMBED_BATCH)
-        stale = self.feeds.take_stale(budget)
-        view = self.candidates.snapshot()  # one view: ids and versions aligned
-        if len(stale) < budget and view.versions is not None:
-            wanted = set(stale)
-            older = (view.versions < version).nonzero()[0][::-1][: budget]
-            stale += [p for p in (view.ids[i] for i in older)
-                      if p not in wanted][: budget - len(stale)]
-        if not stale:
-            return
-        found = self.store.posts(stale, with_tokens=True)
-        gone = [i for i, p in zip(stale, found, strict=True) if p is None]
-        if gone:  # evicted or lost in Redis: no longer candidates
-            self.candidates.remove(gone)
-        stored = [p for p in found if p is not None]
-        if not stored:
-            return
-        embs, version, changed = self.hub.reembed(self.store, stored)
-        self.metrics.reembedded.inc(changed)
-        self.candidates.update([p.post_id for p in stored], embs, version)
 
     def checkpoint(self) -> bool:
         try:
@@ -249,3 +233,12 @@ class Daemon:
         m.vocab.labels("words").set(online.words.size)
         m.vocab.labels("tags").set(online.tags.size)
         m.ready.set(0 if self.readiness_problems() else 1)
+
+
+def freeze_heap() -> None:
+    """Out of the garbage collector's sight: everything start-up built (modules, the model,
+    the vocabularies), which is never garbage. A full collection of the daemon's ~240k
+    start-up objects took 121 ms here (and stopped every thread, requests included: the p99
+    of docs/PERFORMANCE.md); after ``gc.freeze`` it takes microseconds."""
+    gc.collect()
+    gc.freeze()

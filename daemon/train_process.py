@@ -34,33 +34,16 @@ import torch
 import torch.multiprocessing as mp
 
 from daemon.metrics import Metrics
+from daemon.shared_model import attach, share
 from daemon.trainer import ERROR, QUEUE_FULL, STOPPING, StepRecorder
 from tagspace.dataset import Post
 from tagspace.hogwild import TrainConfig
-from tagspace.model import ModelConfig, TagSpaceModel
 from tagspace.online import OnlineTagSpace
 from tagspace.online_steps import EncodedBatch, Guard, HogwildSteps, OnlineStep
 
 log = logging.getLogger(__name__)
 IN_FLIGHT_PER_WORKER = 2  # batches handed to the child ahead of its workers
 RESTART_BACKOFF_S = 1.0
-
-
-def share(online: OnlineTagSpace) -> dict[str, Any]:
-    """Move the model's tensors and the vocabularies' per-row arrays that a step reads into
-    shared memory (in place: the parent keeps using the same objects); what the child needs."""
-    online.model.share_memory()
-    arrays = {}
-    for kind, name in (("words", "row_generation"), ("tags", "row_generation"),
-                       ("tags", "active")):  # what _RowWatch reads
-        vocab = online.words if kind == "words" else online.tags
-        tensor = torch.from_numpy(getattr(vocab, name).copy()).share_memory_()
-        setattr(vocab, name, tensor.numpy())  # numpy view of the shared pages
-        arrays[f"{kind}.{name}"] = tensor
-    online.steps.row_generation = (online.words.row_generation, online.tags.row_generation)
-    return {"model_config": online.model.config.to_dict(),
-            "state": online.model.state_dict(), "arrays": arrays,
-            "pad_id": online.tagger.pad_id, "unk_id": online.tagger.unk_id}
 
 
 class TrainingProcess:
@@ -241,9 +224,7 @@ def _child_main(parent: int, shared: dict[str, Any], train: TrainConfig, guard: 
     _idle_priority()
     torch.set_num_threads(1)
     stop = stop_flag.numpy()  # the parent's page: it sets 1 to stop us
-    with torch.device("meta"):  # no memory of its own: the parent's tensors are assigned
-        model = TagSpaceModel(ModelConfig(**shared["model_config"]))
-    model.load_state_dict(shared["state"], assign=True)
+    model = attach(shared)
     arrays = {k: v.numpy() for k, v in shared["arrays"].items()}
     steps = HogwildSteps(model, train, shared["pad_id"], shared["unk_id"],
                          (arrays["words.row_generation"], arrays["tags.row_generation"]), guard)

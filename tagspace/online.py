@@ -209,6 +209,17 @@ class OnlineTagSpace:
                 skipped[TAG_NOT_ADMITTED] += 1
         return EncodedBatch(words, gold, since, dict(skipped), time.time())
 
+    def replicas(self) -> tuple[OnlineVocabulary, OnlineVocabulary]:
+        """Copies of the vocabularies for a process that serves with this model's weights
+        (shared memory); ``take_admissions`` then gives what they must apply to stay in step."""
+        with self._vocab_lock:
+            return self.words.replica(), self.tags.replica()
+
+    def take_admissions(self) -> tuple[list[Admission], list[Admission]]:
+        """(words, tags) admitted since the replicas were made or this was last called."""
+        with self._vocab_lock:
+            return self.words.take_journal(), self.tags.take_journal()
+
     def snapshot(self) -> Tagger:
         """A consistent copy for checkpointing: vocabularies and weights taken together."""
         return self.snapshot_state()[0]

@@ -62,6 +62,8 @@ class OnlineVocabulary(Vocabulary):
         # token's).
         self.generation = 0
         self.row_generation = np.zeros(capacity, np.int64)
+        # Admissions since the last ``take_journal``, for replicas; None: nobody follows.
+        self.journal: list[Admission] | None = None
 
     @classmethod
     def restore(cls, saved: Vocabulary, capacity: int, min_count: int = 2,
@@ -129,7 +131,40 @@ class OnlineVocabulary(Vocabulary):
         self._set_count(row, count)
         self.last_seen[row] = clock
         self.renew([row])
-        return Admission(row, token, evicted)
+        admission = Admission(row, token, evicted)
+        if self.journal is not None:
+            self.journal.append(admission)
+        return admission
+
+    # replicas: another process's read-only copy, kept in step by the owner's admissions
+    def replica(self) -> OnlineVocabulary:
+        """A copy to hand to another process (no pending counts, no journal) and, from now
+        on, a journal here of the admissions it must ``apply`` to stay in step."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.tokens, copy.counts, copy._ids = list(self.tokens), list(self.counts), \
+            dict(self._ids)
+        for name in ("active", "last_seen", "_count_arr", "row_generation"):
+            setattr(copy, name, getattr(self, name).copy())
+        copy._free, copy.pending, copy.journal = [], Counter(), None
+        self.journal = []  # one follower: a new replica starts the journal again
+        return copy
+
+    def take_journal(self) -> list[Admission]:
+        """The admissions since the last call (empty when no replica follows)."""
+        taken, self.journal = self.journal or [], [] if self.journal is not None else None
+        return taken
+
+    def apply(self, admissions: Iterable[Admission]) -> None:
+        """A replica: take the owner's admissions, in the owner's order. The row's name and
+        ``active`` change before ``generation`` moves, so a reader that read the generation
+        first never caches a stale view."""
+        for a in admissions:
+            if a.evicted is not None and self._ids.get(a.evicted) == a.row:
+                del self._ids[a.evicted]
+            self._assign(a.row, a.token)
+            self.generation += 1
+            self.row_generation[a.row] = self.generation
 
     def renew(self, rows: Iterable[int]) -> None:
         """Mark rows as holding something new (a token, re-initialised weights): steps that

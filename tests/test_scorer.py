@@ -75,7 +75,8 @@ def scorers(weights: PersonalizeWeights):
     # the daemon's model: the same weights inside tables grown to capacity (free rows)
     online = restore_online(tagger, Capacity(words=40, tags=20, min_word_count=1,
                                              min_tag_count=1), TRAIN)
-    hub = SimpleNamespace(online=online, version=3, personalizer=Personalizer(weights, bow))
+    hub = SimpleNamespace(online=online, tagger=online.tagger, version=3,
+                          personalizer=Personalizer(weights, bow))
     store = FakeStore({"u": [(p.post_id, list(p.tags), list(p.tokens)) for p in history_posts]})
     return offline, Scorer(hub, store), store
 
@@ -99,7 +100,7 @@ def test_served_suggestions_rank_exactly_as_evaluate_personalize(weights):
 
 def test_the_history_changes_the_ranking_and_a_new_author_gets_the_content_ranking():
     offline, scorer, _ = scorers(PersonalizeWeights(count=8.0))
-    content = scorer.hub.online.tagger.scores(
+    content = scorer.hub.tagger.scores(
         [Post("", None, None, parse_post_text("rain again").tokens, ())])[0][:len(TAGS)]
     by_content = [TAGS[i] for i in np.argsort(-content, kind="stable")]
     assert [t for t, _ in scorer.suggest("rain again", len(TAGS), "stranger")] == by_content
@@ -155,7 +156,7 @@ def full_row(tagger: Tagger, text: str) -> np.ndarray:
 def assert_served_is_the_full_ranking(scorer: Scorer, text: str, user_id: str | None = None):
     """The served answer for every tag equals the offline full-table ranking of the tags in use
     (content only: the library's Tagger.scores with -inf on free rows)."""
-    tagger = scorer.hub.online.tagger
+    tagger = scorer.hub.tagger
     row = full_row(tagger, text)
     order = [i for i in np.argsort(-row, kind="stable") if np.isfinite(row[i])]
     served = scorer.suggest(text, k=1000, user_id=user_id)
