@@ -18,7 +18,7 @@ import contextlib
 import hmac
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
 import orjson
@@ -26,14 +26,50 @@ import redis
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from daemon.service import Daemon
+    from daemon.config import Settings
+    from daemon.feed import FeedRanker
+    from daemon.metrics import Metrics
+    from daemon.model_hub import ServedModel
+    from daemon.scorer import Scorer
+    from daemon.store import Store
+
+
+class Backend(Protocol):
+    """What the routes serve from: the daemon itself, or its serving process."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def scorer(self) -> Scorer: ...
+
+    @property
+    def feeds(self) -> FeedRanker: ...
+
+    @property
+    def hub(self) -> ServedModel: ...
+
+    @property
+    def trains(self) -> bool: ...
+
+    def exposition(self) -> bytes: ...
+
+    def readiness_problems(self) -> list[str]: ...
+
+    def checkpoint(self) -> bool: ...
 
 MAX_TEXT_CHARS = 5000
 MAX_ID_CHARS = 256
@@ -101,7 +137,7 @@ class Gate:
     """In front of every route: the bearer token, the body size limit, JSON as the body's
     content type, and the latency metric per route and status. A plain ASGI middleware."""
 
-    def __init__(self, app: ASGIApp, daemon: Daemon):
+    def __init__(self, app: ASGIApp, daemon: Backend):
         self.app, self.daemon = app, daemon
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -177,7 +213,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def create_app(daemon: Daemon) -> FastAPI:
+def create_app(daemon: Backend) -> FastAPI:
     s = daemon.settings
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -248,15 +284,13 @@ def create_app(daemon: Daemon) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        daemon.refresh_gauges()
-        return Response(generate_latest(daemon.metrics.registry),
-                        media_type=CONTENT_TYPE_LATEST)
+        return Response(daemon.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/checkpoint", responses={401: {"model": ErrorResponse},
                                               403: {"model": ErrorResponse}})
     def checkpoint() -> Any:
         """Write a model version now (trainer or `all` role); needs the bearer token."""
-        if daemon.trainer is None:
+        if not daemon.trains:
             return _error(409, "this replica does not train: checkpoints come from the trainer")
         if not daemon.checkpoint():
             return _error(500, "checkpoint failed: see the log")

@@ -44,6 +44,10 @@ class Settings:
                    "a replica that ingests its partitions and serves, loading the versions a "
                    "trainer publishes in model_dir; trainer: trains on every post (its own "
                    "consumer group) and publishes versions")
+    serve_process: bool = _s(True, "answer the HTTP API from a child process of its own over "
+                             "the model's shared memory, so that ingestion never takes the GIL "
+                             "from requests (all and serve roles; false: in the daemon's "
+                             "process)")
     http_threads: int = _s(8, "threads that run the HTTP handlers (suggest, feed, ...): a few "
                            "per core; more only contend for the GIL")
     reload_interval_s: float = _s(5.0, "serve role: how often model_dir is checked for a new "

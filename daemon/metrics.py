@@ -6,8 +6,10 @@ One registry per daemon instance, so tests can run several in one process.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
                    30, 60)
@@ -68,6 +70,9 @@ class Metrics:
         self.trainer_restarts = Counter(
             "tagspace_trainer_restarts_total",
             "Times the training process died and was restarted (its weights kept)", registry=r)
+        self.server_restarts = Counter(
+            "tagspace_server_restarts_total",
+            "Times the serving process (the HTTP API) died and was started again", registry=r)
         self.online_p1 = Gauge("tagspace_online_p_at_1",
                                "Prequential P@1 over the last window of posts", registry=r)
         self.online_r10 = Gauge("tagspace_online_r_at_10",
@@ -100,6 +105,8 @@ class Metrics:
                                     ["operation"], registry=r)
         self.api_latency = Histogram("tagspace_api_request_seconds", "HTTP API latency",
                                      ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.feed_candidates = Gauge("tagspace_feed_candidates",
+                                     "Posts the feeds rank (the newest recent_posts)", registry=r)
         self.ready = Gauge("tagspace_ready", "1 when Kafka, Redis and a model are available",
                            registry=r)
 
@@ -107,6 +114,49 @@ class Metrics:
         self.redis_latency.labels(operation).observe(seconds)
         if failed:
             self.redis_errors.labels(operation).inc()
+
+
+# Gauges the serving process sets (the daemon's process holds their defaults).
+SERVING_GAUGES = frozenset({"tagspace_feed_candidates"})
+
+
+def merge_families(ours: Iterable[Metric], theirs: Iterable[Metric],
+                   their_gauges: frozenset[str] = SERVING_GAUGES) -> list[Metric]:
+    """Two processes' metrics as one exposition: counters and histograms summed per series;
+    a gauge is the value of the process that sets it: theirs for ``their_gauges``, else ours
+    (theirs where only they have the series)."""
+    merged = {}
+    for family in ours:
+        merged[family.name] = copy = Metric(family.name, family.documentation, family.type,
+                                            family.unit)
+        copy.samples = list(family.samples)
+    for family in theirs:
+        mine = merged.get(family.name)
+        if mine is None:
+            merged[family.name] = family
+            continue
+        at = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(mine.samples)}
+        for sample in family.samples:
+            i = at.get((sample.name, tuple(sorted(sample.labels.items()))))
+            if i is None:
+                mine.samples.append(sample)
+            elif family.type == "gauge":
+                if family.name in their_gauges:
+                    mine.samples[i] = sample
+            elif not sample.name.endswith("_created"):
+                mine.samples[i] = mine.samples[i]._replace(
+                    value=mine.samples[i].value + sample.value)
+    return list(merged.values())
+
+
+class Exposition:
+    """``generate_latest``'s registry: families collected elsewhere."""
+
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
 
 
 class RollingRate:

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
+from daemon.config import Settings
 from daemon.metrics import Metrics
 from daemon.store import Store, StoredPost
 from tagspace.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -55,6 +56,17 @@ class ModelHub:
             capacity, train, fresh)
         self.version_time = time.time()
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> ModelHub:
+        """The model of ``model_dir`` (its latest version, a trained model, or a fresh one
+        sized by the settings)."""
+        s = settings
+        capacity = Capacity(s.word_capacity, s.tag_capacity, s.min_word_count, s.min_tag_count)
+        fresh = ModelConfig(encoder="conv", dim=s.dim, hidden=s.hidden, dropout=0.0,
+                            word_tag_share=True)
+        return cls(Path(s.model_dir), capacity, train_config(s), fresh, s.keep_checkpoints,
+                   metrics=metrics)
 
     @property
     def checkpoints(self) -> Path:
@@ -161,6 +173,13 @@ class ModelHub:
         for old in sorted(self.checkpoints.glob("v*"))[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return path
+
+
+def train_config(settings: Settings) -> TrainConfig:
+    """Online training's step settings."""
+    s = settings
+    return TrainConfig(lr=s.lr, batch_size=s.batch_size, negatives=s.negatives,
+                       positives="all", workers=s.workers)
 
 
 class ServedModel(Protocol):

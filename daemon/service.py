@@ -17,11 +17,13 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
+from collections.abc import Iterable
 
 import redis
 import torch
 import uvicorn
+from prometheus_client import generate_latest
+from prometheus_client.metrics_core import Metric
 from threadpoolctl import threadpool_limits
 
 from daemon.api import create_app
@@ -29,16 +31,13 @@ from daemon.candidates import CandidateIndex
 from daemon.config import Settings, host_port
 from daemon.feed import FeedRanker
 from daemon.ingest import Ingestor
-from daemon.metrics import Metrics
-from daemon.model_hub import ModelDiverged, ModelHub
+from daemon.metrics import Exposition, Metrics, merge_families
+from daemon.model_hub import ModelDiverged, ModelHub, train_config
 from daemon.scorer import Scorer
-from daemon.serving import Serving
-from daemon.store import Store
+from daemon.serve_process import ServingProcess
+from daemon.serving import Serving, connect_store
 from daemon.train_process import TrainingProcess
 from daemon.trainer import OnlineTrainer, Trainer
-from tagspace.hogwild import TrainConfig
-from tagspace.model import ModelConfig
-from tagspace.online import Capacity
 
 log = logging.getLogger("tagspace.daemon")
 
@@ -49,19 +48,10 @@ class Daemon:
         torch.set_num_threads(1)  # many request and worker threads: one core each, no spinning
         threadpool_limits(1)  # and numpy's BLAS likewise: its own threads spin against ours
         self.metrics = Metrics()
-        self.redis = redis.Redis.from_url(s.redis_url, socket_timeout=5,
-                                          socket_connect_timeout=2, health_check_interval=10)
-        self.store = Store(self.redis, s.redis_prefix, history_size=s.history_size,
-                           seen_size=s.seen_size, recent_posts=s.recent_posts,
-                           event_ttl_s=s.event_ttl_s, post_ttl_s=s.post_ttl_s,
-                           user_ttl_s=s.user_ttl_s, observe=self.metrics.observe_redis)
-        capacity = Capacity(s.word_capacity, s.tag_capacity, s.min_word_count, s.min_tag_count)
-        train = TrainConfig(lr=s.lr, batch_size=s.batch_size, negatives=s.negatives,
-                            positives="all", workers=s.workers)
-        fresh = ModelConfig(encoder="conv", dim=s.dim, hidden=s.hidden, dropout=0.0,
-                            word_tag_share=True)
-        self.hub = ModelHub(Path(s.model_dir), capacity, train, fresh, s.keep_checkpoints,
-                            metrics=self.metrics)
+        self.store = connect_store(s, self.metrics)
+        self.redis = self.store.r
+        self.hub = ModelHub.from_settings(s, self.metrics)
+        train = train_config(s)
         self.trainer: Trainer | None = None
         if s.trains and s.train_process:
             self.trainer = TrainingProcess(self.hub.online, self.metrics, s.workers,
@@ -69,7 +59,10 @@ class Daemon:
         elif s.trains:
             self.trainer = OnlineTrainer(self.hub.online, self.metrics, s.workers,
                                          s.batch_size, s.train_queue)
-        self.serving = Serving(s, self.store, self.hub, self.metrics)
+        # the HTTP API: a serving process of its own, or threads of this one
+        self.server = ServingProcess(self) if s.serve_process and s.role != "trainer" else None
+        self.serving = Serving(s, self.store, self.hub, self.metrics) \
+            if self.server is None else None
         self.redis_ok = False
         self.ingestor = Ingestor(s, self.store, self.hub, self.trainer, self.metrics,
                                  on_redis_state=self._set_redis_state)
@@ -77,20 +70,29 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._http: uvicorn.Server | None = None
         self._kafka_probe = (0.0, False)
-        self.app = create_app(self)
+        self.app = create_app(self) if self.serving is not None else None
 
-    # the in-process serving parts (tests and tools read them)
+    # the in-process serving parts (daemon.api's Backend; tests read them)
     @property
     def scorer(self) -> Scorer:
-        return self.serving.scorer
+        return self._serving().scorer
 
     @property
     def feeds(self) -> FeedRanker:
-        return self.serving.feeds
+        return self._serving().feeds
 
     @property
     def candidates(self) -> CandidateIndex:
-        return self.serving.candidates
+        return self._serving().candidates
+
+    @property
+    def trains(self) -> bool:
+        return self.settings.trains
+
+    def _serving(self) -> Serving:
+        if self.serving is None:
+            raise AttributeError("the API is served by the serving process (serve_process)")
+        return self.serving
 
     def _set_redis_state(self, ok: bool) -> None:
         self.redis_ok = ok
@@ -101,25 +103,35 @@ class Daemon:
         self.redis_ok = self.store.ping()
         if self.trainer is not None:
             self.trainer.start()
-        host, port = host_port(s.http_addr)
-        self._http = uvicorn.Server(uvicorn.Config(
-            self.app, host=host, port=port, log_level="warning", access_log=False,
-            timeout_graceful_shutdown=2))
-        for name, target in (("ingest", self._ingest), ("maintenance", self._maintain),
-                             ("http", self._http.run)):
+        if self.server is not None:
+            self.server.start()  # a port in use fails here, before anything is consumed
+        for name, target in (("ingest", self._ingest), ("maintenance", self._maintain)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        deadline = time.monotonic() + 10
-        while not self._http.started and time.monotonic() < deadline:
-            if not self._threads[-1].is_alive():
-                raise RuntimeError(f"the HTTP server could not listen on {s.http_addr}")
-            time.sleep(0.02)
+        if self.app is not None:
+            self._serve_here()
         self.refresh_gauges()
         freeze_heap()
         log.info("serving on http://%s (model version %d, %s); Kafka %s; Redis %s",
                  s.http_addr, self.hub.version, self.hub.source, s.kafka_bootstrap,
                  s.redis_url)
+
+    def _serve_here(self) -> None:
+        host, port = host_port(self.settings.http_addr)
+        assert self.app is not None
+        self._http = uvicorn.Server(uvicorn.Config(
+            self.app, host=host, port=port, log_level="warning", access_log=False,
+            timeout_graceful_shutdown=2))
+        thread = threading.Thread(target=self._http.run, name="http", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        deadline = time.monotonic() + 10
+        while not self._http.started and time.monotonic() < deadline:
+            if not thread.is_alive():
+                raise RuntimeError(f"the HTTP server could not listen on "
+                                   f"{self.settings.http_addr}")
+            time.sleep(0.02)
 
     def _ingest(self) -> None:
         try:
@@ -140,8 +152,9 @@ class Daemon:
                 except Exception:  # a half-copied or bad checkpoint: keep the current model
                     log.exception("loading a published model version failed")
             try:
-                self.serving.maintain()
-                self.redis_ok = True
+                if self.serving is not None:
+                    self.serving.maintain()
+                    self.redis_ok = True
             except redis.RedisError as e:
                 self.redis_ok = False
                 log.warning("maintenance: Redis unavailable: %s", e)
@@ -172,6 +185,8 @@ class Daemon:
         self.stop_event.set()
         if self._http is not None:
             self._http.should_exit = True
+        if self.server is not None:
+            self.server.request_stop()  # answers what it holds while ingestion drains
         for thread in self._threads[:2]:  # ingest (finishes and commits), maintenance
             thread.join(max(0.1, deadline - time.monotonic() - 2.0))
         if self.trainer is not None:
@@ -179,6 +194,8 @@ class Daemon:
             self.checkpoint()
         for thread in self._threads[2:]:
             thread.join(max(0.1, deadline - time.monotonic()))
+        if self.server is not None:
+            self.server.join(max(0.1, deadline - time.monotonic()))
         self.redis.close()
 
     def run_until_signalled(self) -> int:
@@ -224,6 +241,12 @@ class Daemon:
         if self.hub.online is None:
             problems.append("no model")
         return problems
+
+    def exposition(self, theirs: Iterable[Metric] = ()) -> bytes:
+        """``/metrics``: this process's metrics, merged with the serving process's."""
+        self.refresh_gauges()
+        families = merge_families(self.metrics.registry.collect(), theirs)
+        return generate_latest(Exposition(families))  # type: ignore[arg-type]
 
     def refresh_gauges(self) -> None:
         m, online = self.metrics, self.hub.online

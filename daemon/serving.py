@@ -5,6 +5,8 @@ their upkeep (new posts into the candidates, stale embeddings refreshed).
 
 from __future__ import annotations
 
+import redis
+
 from daemon.candidates import CandidateIndex
 from daemon.config import Settings
 from daemon.feed import FeedRanker
@@ -14,6 +16,17 @@ from daemon.scorer import Scorer
 from daemon.store import Store
 
 REEMBED_BATCH = 256
+
+
+def connect_store(settings: Settings, metrics: Metrics) -> Store:
+    """The Redis state store of these settings, its round trips timed into ``metrics``."""
+    s = settings
+    client = redis.Redis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=2,
+                                  health_check_interval=10)
+    return Store(client, s.redis_prefix, history_size=s.history_size, seen_size=s.seen_size,
+                 recent_posts=s.recent_posts, event_ttl_s=s.event_ttl_s,
+                 post_ttl_s=s.post_ttl_s, user_ttl_s=s.user_ttl_s,
+                 observe=metrics.observe_redis)
 
 
 class Serving:
@@ -32,6 +45,7 @@ class Serving:
         of one ``candidate_refresh_s`` is refreshed. Redis errors propagate."""
         s = self.settings
         self.candidates.refresh()
+        self.metrics.feed_candidates.set(len(self.candidates))
         self.reembed(int(s.reembed_rate * s.candidate_refresh_s) + 1)
 
     def reembed(self, budget: int) -> None:

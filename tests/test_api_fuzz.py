@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def api_daemon(broker, redis_server, tmp_path_factory):
     url = f"redis://127.0.0.1:{redis_server.port}/0"
-    daemon = Daemon(settings_for(broker, url, tmp_path_factory.mktemp("fuzz"), train=False))
+    daemon = Daemon(settings_for(broker, url, tmp_path_factory.mktemp("fuzz"), train=False,
+                                 serve_process=False))  # the app in this process
     yield daemon  # the app alone: no Kafka loop needed to answer requests
     daemon.store.clear()
     daemon.redis.close()

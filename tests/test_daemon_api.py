@@ -21,7 +21,7 @@ def client(suggest=lambda text, k, user: [("pasta", 1.0)][:k], fail_store=False)
     daemon = SimpleNamespace(
         settings=Settings(max_body_bytes=1000, max_k=50), metrics=Metrics(),
         scorer=SimpleNamespace(suggest=suggest), hub=SimpleNamespace(version=3),
-        store=SimpleNamespace(post=post), refresh_gauges=lambda: None,
+        store=SimpleNamespace(post=post), exposition=lambda: b"",
         readiness_problems=lambda: ["kafka unreachable"])
     return TestClient(create_app(daemon))  # type: ignore[arg-type]
 
@@ -74,7 +74,7 @@ def test_bearer_token_guards_the_api_and_admin_routes():
     guarded = TestClient(create_app(SimpleNamespace(
         settings=daemon_settings, metrics=Metrics(),
         scorer=SimpleNamespace(suggest=lambda text, k, user: []), hub=SimpleNamespace(version=1),
-        store=None, trainer=None, refresh_gauges=lambda: None,
+        store=None, trains=False, exposition=lambda: b"",
         readiness_problems=lambda: [])))  # type: ignore[arg-type]
     body = {"text": "garlic"}
     assert guarded.post("/v1/suggest", json=body).status_code == 401

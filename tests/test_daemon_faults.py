@@ -10,7 +10,7 @@ import redis
 
 from daemon.embedded import create_topics, start_redis, start_tansu
 from daemon.service import Daemon
-from tests.streams import cooking_records, send, settings_for, wait_until
+from tests.streams import cooking_records, metric, send, settings_for, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +111,8 @@ def test_a_full_disk_at_checkpoint_time_is_logged_and_counted_and_serving_goes_o
     import daemon.model_hub as hub_module
     from tests.test_online import post
 
-    settings = settings_for(broker, redis_url, tmp_path / "model")
+    # the scorer of the daemon's own process: not started, nothing serves over HTTP
+    settings = settings_for(broker, redis_url, tmp_path / "model", serve_process=False)
     daemon = Daemon(settings)
     known = {"baking", "bread", "garlic", "pasta"}
     for i in range(3):  # min_tag_count 2: each tag gets a row
@@ -171,7 +172,11 @@ def test_no_error_responses_while_model_versions_switch_and_posts_are_re_embedde
             publisher.checkpoint()
             time.sleep(0.8)
         wait_until(lambda: daemon.hub.version == publisher.version, 10, "the last version")
-        wait_until(lambda: daemon.metrics.reembedded._value.get() > 0, 10, "re-embedding")
+        # the serving process loads the published versions too, and re-embeds
+        wait_until(lambda: httpx.post(base + "/v1/suggest", json={"text": "garlic"}).json()[
+            "model_version"] == publisher.version, 10, "the last version served")
+        wait_until(lambda: metric(httpx.get(base + "/metrics").text,
+                                  "tagspace_reembedded_posts_total") > 0, 10, "re-embedding")
         stop.set()
         client.join(10)
         assert len(statuses) > 20 and set(statuses) == {200}
