@@ -59,3 +59,30 @@ def test_the_daemon_resumes_eviction_where_it_left_off(tmp_path):
     [admission] = [a for a in again.online.observe(post(50, "z", ["e"]), clock=50.0)
                    if a.token == "e"]
     assert admission.evicted == "b"
+
+
+def test_a_replica_that_applies_the_journal_stays_identical_through_admissions_and_evictions():
+    owner = OnlineVocabulary(Vocabulary(["a", "b"], [5, 3]), capacity=4, min_count=1)
+    owner.observe(["c"], clock=1.0)  # before the replica: part of its copy
+    replica = owner.replica()
+    assert replica.journal is None and not replica.pending
+    taken = []
+    # d fills the table; e, f, a (evicted by f, back) and g each evict one
+    for clock, token in enumerate(["d", "e", "f", "a", "g"], 2):
+        owner.observe([token], clock=float(clock))
+        if clock % 2:  # applied in batches, as the daemon publishes them
+            taken += owner.take_journal()
+            replica.apply(taken)
+            taken = []
+    replica.apply(owner.take_journal())
+    assert replica.tokens == owner.tokens and replica._ids == owner._ids
+    np.testing.assert_array_equal(replica.active, owner.active)
+    assert replica.generation > 0 and owner.evictions == 4
+    assert replica.get("b") is None and replica.get("g") == owner.get("g")
+    assert owner.take_journal() == []
+
+
+def test_no_journal_is_kept_without_a_replica():
+    vocab = OnlineVocabulary(Vocabulary([], []), capacity=4, min_count=1)
+    vocab.observe(["x", "y"], clock=1.0)
+    assert vocab.journal is None and vocab.take_journal() == []

@@ -1,0 +1,74 @@
+"""The HTTP API in its own process (daemon.serve_process): the daemon's admissions reach it at
+once, and a serving process that dies is started again on the same socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from daemon.scorer import Scorer
+from daemon.service import Daemon
+from tests.streams import metric, settings_for, wait_until
+from tests.test_online import post
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def daemon(broker, redis_url, tmp_path):
+    d = Daemon(settings_for(broker, redis_url, tmp_path / "model", train=False))
+    d.start()
+    yield d
+    d.shutdown()
+    d.store.clear()
+
+
+def suggested(base: str, text: str) -> list[tuple[str, float]]:
+    body = httpx.post(f"{base}/v1/suggest", json={"text": text, "k": 10}).json()
+    return [(t["tag"], round(t["score"], 4)) for t in body["tags"]]
+
+
+def test_the_serving_process_ranks_as_the_daemons_model_and_sees_new_tags_within_1_s(daemon):
+    base = f"http://{daemon.settings.http_addr}"
+    online = daemon.hub.online
+    here = Scorer(daemon.hub, daemon.store)  # the same model, scored in the daemon's process
+
+    def expected(text: str) -> list[tuple[str, float]]:
+        return [(t, round(float(sc), 4)) for t, sc in here.suggest(text, 10, None)]
+    for i, (text, tag) in enumerate([("goal match team", "football"),
+                                     ("oven bake bread", "baking")] * 2):
+        online.observe(post(i, text, [tag]), clock=float(i))  # min_tag_count 2: admitted
+    query = "violin cello orchestra concert"
+    wait_until(lambda: suggested(base, query) == expected(query), 5, "the first tags")
+    assert "classical" not in dict(suggested(base, query))
+    for i in (10, 11):
+        online.observe(post(i, query, ["classical"]), clock=float(i))
+    admitted = time.monotonic()
+    wait_until(lambda: "classical" in dict(suggested(base, query)), 5,
+               "#classical in the serving process", every=0.01)
+    took = time.monotonic() - admitted
+    assert took < 1.0, f"#classical took {took:.2f} s to reach the serving process"
+    assert suggested(base, query) == expected(query)
+    assert suggested(base, "oven bake bread") == expected("oven bake bread")
+
+
+def test_a_killed_serving_process_is_started_again_on_the_same_address(daemon):
+    base = f"http://{daemon.settings.http_addr}"
+    first = daemon.server.pid
+    assert httpx.get(f"{base}/livez").status_code == 200
+    os.kill(first, signal.SIGKILL)
+
+    def answering_again() -> bool:
+        try:
+            return httpx.get(f"{base}/livez", timeout=1).status_code == 200 and \
+                daemon.server.pid != first
+        except httpx.HTTPError:
+            return False
+    wait_until(answering_again, 60, "a new serving process")
+    text = httpx.get(f"{base}/metrics").text
+    assert metric(text, "tagspace_server_restarts_total") == 1
+    assert httpx.post(f"{base}/v1/suggest", json={"text": "anything"}).status_code == 200
