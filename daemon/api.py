@@ -32,6 +32,14 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from daemon.hot_routes import (
+    MAX_ID_CHARS,
+    MAX_TEXT_CHARS,
+    HotRoutes,
+    feed_answer,
+    suggest_answer,
+)
+
 if TYPE_CHECKING:
     from daemon.config import Settings
     from daemon.feed import FeedRanker
@@ -71,8 +79,6 @@ class Backend(Protocol):
 
     def checkpoint(self) -> bool: ...
 
-MAX_TEXT_CHARS = 5000
-MAX_ID_CHARS = 256
 
 
 class SuggestRequest(BaseModel):
@@ -227,7 +233,8 @@ def create_app(daemon: Backend) -> FastAPI:
         "feeds from post embeddings (Weston, Chopra, Adams, EMNLP 2014)."),
         responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
         default_response_class=JSONBytes)
-    app.add_middleware(Gate, daemon=daemon)
+    app.add_middleware(HotRoutes, backend=daemon)
+    app.add_middleware(Gate, daemon=daemon)  # added last: outermost, before HotRoutes
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -252,21 +259,15 @@ def create_app(daemon: Backend) -> FastAPI:
 
     # The hot routes build their answers from typed values and return the bytes themselves:
     # response_model documents them, pydantic does not validate them again.
+    # (daemon.hot_routes answers their plain requests before they reach FastAPI)
     @app.post("/v1/suggest", response_model=SuggestResponse)
     def suggest(body: SuggestRequest) -> Response:
-        k = k_checked(body.k)
-        tags = daemon.scorer.suggest(body.text, k, body.user_id)
-        return JSONBytes({"tags": [{"tag": t, "score": float(sc)} for t, sc in tags],
-                          "model_version": int(daemon.hub.version)})
+        return JSONBytes(suggest_answer(daemon, body.text, k_checked(body.k), body.user_id))
 
     @app.get("/v1/feed/{user_id}", response_model=FeedResponse)
     def feed(user_id: str = Path(max_length=MAX_ID_CHARS),
              k: int = Query(20, ge=1, le=1000)) -> Response:
-        items, cold = daemon.feeds.feed(user_id, k_checked(k))
-        return JSONBytes({"user_id": user_id,
-                          "items": [{"post_id": i.post_id, "score": float(i.score)}
-                                    for i in items],
-                          "model_version": int(daemon.hub.version), "cold_start": bool(cold)})
+        return JSONBytes(feed_answer(daemon, user_id, k_checked(k)))
 
     @app.get("/v1/posts/{post_id}", response_model=PostResponse,
              responses={404: {"model": ErrorResponse}})
