@@ -108,3 +108,21 @@ def test_invalid_requests_still_get_fastapis_errors_and_redis_down_a_503():
     down, _, _ = backend(fail=True)
     r = down.post("/v1/suggest", json={"text": "garlic"})
     assert r.status_code == 503 and r.json() == {"error": "state store unavailable, retry later"}
+
+
+def test_after_a_redis_error_plain_requests_are_answered_on_threads():
+    import threading
+
+    client, _, b = backend()
+    loop_thread: list[str] = []
+
+    def suggest(text, k, user):  # type: ignore[no-untyped-def]
+        loop_thread.append(threading.current_thread().name)
+        if len(loop_thread) == 1:
+            raise redis.ConnectionError("down")
+        return [("pasta", 1.0)]
+    b.scorer.suggest = suggest
+    assert client.post("/v1/suggest", json={"text": "x"}).status_code == 200  # FastAPI's retry
+    assert client.post("/v1/suggest", json={"text": "x"}).status_code == 200
+    first, retried, later = loop_thread
+    assert first != later  # on the event loop, then on a worker thread of the pool
