@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch.multiprocessing as mp
 
 from daemon.config import Settings, host_port
+from daemon.serving import reembed_posts
 
 if TYPE_CHECKING:
     from daemon.service import Daemon
@@ -42,6 +44,7 @@ PUBLISH_EVERY_S = 0.005  # admissions reach the server at most this late (plus t
 START_TIMEOUT_S = 120.0  # a child imports torch and loads candidates before it answers
 RESTART_BACKOFF_S = 1.0
 CALL_TIMEOUT_S = 30.0  # a checkpoint can take seconds
+SWITCH_INTERVAL_S = 0.001
 
 
 class Link:
@@ -175,6 +178,8 @@ class ServingProcess:
                 value: Any = d.exposition(payload)
             elif name == "ready":
                 value = d.readiness_problems()
+            elif name == "reembed":
+                value = reembed_posts(d.hub, d.store, payload)
             elif name == "checkpoint":
                 ok = d.checkpoint()
                 value = (ok, d.hub.version, d.hub.version_time)
@@ -253,7 +258,9 @@ class ServingNode:
                 spec["version"], spec["version_time"])
         else:  # serve role: the published versions, loaded here too
             self.hub = ModelHub.from_settings(settings, self.metrics)
-        self.serving = Serving(settings, self.store, self.hub, self.metrics)
+        # re-embedding (reading tokens, the CNN, writing back) is the daemon process's work
+        self.serving = Serving(settings, self.store, self.hub, self.metrics,
+                               reembedder=lambda ids: link.call("reembed", ids))
         self.scorer, self.feeds = self.serving.scorer, self.serving.feeds
         self.trains = settings.trains
         self.stop_event = threading.Event()
@@ -346,6 +353,9 @@ def _child_main(parent: int, settings: Settings, spec: dict[str, Any], conn: Any
 
         torch.set_num_threads(1)
         threadpool_limits(1)
+        # The event loop answers requests and must get the GIL back at once from the
+        # maintenance and link threads (each Redis reply re-acquires it): 1 ms, not 5.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         node = ServingNode(settings, link, spec)
         node.serving.candidates.refresh()  # a feed at the first request, not 0.5 s later
         server = uvicorn.Server(uvicorn.Config(

@@ -5,6 +5,10 @@ their upkeep (new posts into the candidates, stale embeddings refreshed).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 import redis
 
 from daemon.candidates import CandidateIndex
@@ -16,6 +20,27 @@ from daemon.scorer import Scorer
 from daemon.store import Store
 
 REEMBED_BATCH = 256
+
+
+@dataclass
+class Reembedded:
+    post_ids: list[str]  # the posts found, in order
+    embeddings: np.ndarray  # their new embeddings
+    version: int  # the model version that made them
+    changed: int  # how many replaced an older version's in Redis
+    gone: list[str]  # the posts no longer stored (evicted, expired)
+
+
+def reembed_posts(model: ServedModel, store: Store, post_ids: list[str]) -> Reembedded:
+    """Embed stored posts with ``model`` and write the embeddings back where an older version
+    made them."""
+    found = store.posts(post_ids, with_tokens=True)
+    gone = [i for i, p in zip(post_ids, found, strict=True) if p is None]
+    stored = [p for p in found if p is not None]
+    if not stored:
+        return Reembedded([], np.zeros((0, 0), np.float32), model.version, 0, gone)
+    embs, version, changed = model.reembed(store, stored)
+    return Reembedded([p.post_id for p in stored], embs, version, changed, gone)
 
 
 def connect_store(settings: Settings, metrics: Metrics) -> Store:
@@ -30,9 +55,13 @@ def connect_store(settings: Settings, metrics: Metrics) -> Store:
 
 
 class Serving:
-    def __init__(self, settings: Settings, store: Store, model: ServedModel, metrics: Metrics):
+    def __init__(self, settings: Settings, store: Store, model: ServedModel, metrics: Metrics,
+                 reembedder: Callable[[list[str]], Reembedded] | None = None):
+        """``reembedder``: who re-embeds stale posts (default: here, with ``model``; the
+        serving process hands them to the daemon's process, keeping the work off its GIL)."""
         s = settings
         self.settings, self.store, self.model, self.metrics = s, store, model, metrics
+        self.reembedder = reembedder or (lambda ids: reembed_posts(model, store, ids))
         dim = model.tagger.model.config.dim
         self.candidates = CandidateIndex(store, s.recent_posts, dim,
                                          ann_min_candidates=s.feed_ann_min_candidates)
@@ -62,13 +91,9 @@ class Serving:
                       if p not in wanted][: budget - len(stale)]
         if not stale:
             return
-        found = self.store.posts(stale, with_tokens=True)
-        gone = [i for i, p in zip(stale, found, strict=True) if p is None]
-        if gone:  # evicted or lost in Redis: no longer candidates
-            self.candidates.remove(gone)
-        stored = [p for p in found if p is not None]
-        if not stored:
-            return
-        embs, version, changed = self.model.reembed(self.store, stored)
-        self.metrics.reembedded.inc(changed)
-        self.candidates.update([p.post_id for p in stored], embs, version)
+        done = self.reembedder(stale)
+        if done.gone:  # evicted or lost in Redis: no longer candidates
+            self.candidates.remove(done.gone)
+        if done.post_ids:
+            self.metrics.reembedded.inc(done.changed)
+            self.candidates.update(done.post_ids, done.embeddings, done.version)
