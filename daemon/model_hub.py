@@ -25,6 +25,7 @@ import numpy as np
 from daemon.config import Settings
 from daemon.metrics import Metrics
 from daemon.store import Store, StoredPost
+from tagspace.bow import BagOfWords
 from tagspace.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tagspace.hogwild import TrainConfig
 from tagspace.model import ModelConfig
@@ -32,12 +33,19 @@ from tagspace.online import Capacity, OnlineTagSpace, nonfinite_parameters, rest
 from tagspace.personalize import (
     DEFAULT_WEIGHTS,
     Personalizer,
+    PersonalizeWeights,
     load_personalization,
     save_personalization,
 )
 from tagspace.tagger import Tagger
 
 log = logging.getLogger(__name__)
+
+
+# A cached author's past: its model vectors are this old at most while training moves them.
+# Not keyed by the version: a checkpoint changes no weight, and a version key made every
+# author's next request embed up to 200 past posts again after each checkpoint (tens of ms).
+HISTORY_VECTORS_MAX_AGE_S = 600.0
 
 
 class ModelDiverged(RuntimeError):
@@ -55,6 +63,7 @@ class ModelHub:
         self.source, self.online, self.version, self.personalizer = self._load(
             capacity, train, fresh)
         self.version_time = time.time()
+        self.weights_id = 0  # moves when the weights are replaced (a reload), not on checkpoints
         self._lock = threading.Lock()
 
     @classmethod
@@ -130,6 +139,7 @@ class ModelHub:
         online = restore_online(checkpoint.tagger, self.capacity, self.train, checkpoint.arrays)
         personalizer = _personalizer(self.checkpoints / name, checkpoint.extra)
         self.online, self.personalizer = online, personalizer
+        self.weights_id += 1
         self.version = int(checkpoint.extra.get("version", name[1:]))
         self.version_time = time.time()
         log.info("loaded model version %d published in %s", self.version, self.checkpoints)
@@ -187,6 +197,7 @@ class ServedModel(Protocol):
 
     version: int
     version_time: float
+    weights_id: int  # changes when the weights are replaced, not when they are trained
     personalizer: Personalizer
 
     @property
@@ -209,4 +220,11 @@ def reembed(model: ServedModel, store: Store,
 
 def _personalizer(model_dir: Path, extra: dict) -> Personalizer:
     """The personalization a model directory was saved with (tuned weights and IDF)."""
-    return Personalizer(*load_personalization(model_dir, extra, DEFAULT_WEIGHTS))
+    return serving_personalizer(*load_personalization(model_dir, extra, DEFAULT_WEIGHTS))
+
+
+def serving_personalizer(weights: PersonalizeWeights, bow: BagOfWords | None) -> Personalizer:
+    """The daemon's: an author's past posts' model vectors kept at most
+    ``HISTORY_VECTORS_MAX_AGE_S`` under online training (bounded staleness), and computed again
+    at once when the weights are replaced (``weights_id``, in the caller's key)."""
+    return Personalizer(weights, bow, max_age_s=HISTORY_VECTORS_MAX_AGE_S)

@@ -38,6 +38,7 @@ class ModelMirror:
         self.words, self.tags = words, tags
         self.personalizer = personalizer
         self.version, self.version_time = version, version_time
+        self.weights_id = 0  # the shared weights are trained, never replaced
         self._lock = threading.Lock()
 
     @property

@@ -32,14 +32,15 @@ class Scorer:
         self.hub, self.store = hub, store
 
     def suggest(self, text: str, k: int, user_id: str | None) -> list[tuple[str, float]]:
-        tagger, version, personalizer = self.hub.tagger, self.hub.version, self.hub.personalizer
+        tagger, personalizer = self.hub.tagger, self.hub.personalizer
         tokens = parse_post_text(text).tokens
         active = tagger.score_active([tokens])
         scores = active.scores
         past = self.store.authored(user_id) if user_id else []
         if past:
             history = AuthorHistory.of_posts((tags, words) for _, tags, words in past)
-            # the model's vectors of this history: reusable until the version or history moves
-            key = (user_id, version, len(past), past[-1][0])
+            # the model's vectors of this history: reusable until the weights are replaced or
+            # the history moves (and HISTORY_VECTORS_MAX_AGE_S at most while training)
+            key = (user_id, self.hub.weights_id, len(past), past[-1][0])
             scores = personalizer.scores_active(tagger, active, [tokens], [history], [key])
         return [(s.tag, s.score) for s in top_k(scores[0], tagger.tags, k, active.tags.rows)]

@@ -242,10 +242,9 @@ class ServingNode:
 
     def __init__(self, settings: Settings, link: Link, spec: dict[str, Any]):
         from daemon.metrics import Metrics
-        from daemon.model_hub import ModelHub
+        from daemon.model_hub import ModelHub, serving_personalizer
         from daemon.model_mirror import ModelMirror
         from daemon.serving import Serving, connect_store
-        from tagspace.personalize import Personalizer
 
         self.settings, self.link = settings, link
         self.metrics = Metrics()
@@ -254,8 +253,9 @@ class ServingNode:
         self.hub: Any
         if "shared" in spec:
             self.mirror = self.hub = ModelMirror(
-                spec["shared"], spec["words"], spec["tags"], Personalizer(*spec["personalize"]),
-                spec["version"], spec["version_time"])
+                spec["shared"], spec["words"], spec["tags"],
+                serving_personalizer(*spec["personalize"]), spec["version"],
+                spec["version_time"])
         else:  # serve role: the published versions, loaded here too
             self.hub = ModelHub.from_settings(settings, self.metrics)
         # re-embedding (reading tokens, the CNN, writing back) is the daemon process's work

@@ -33,6 +33,7 @@ import functools
 import itertools
 import math
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -264,15 +265,19 @@ class Personalizer:
 
     ``bow`` is the TF-IDF space of the lexical term (None: that term is off). Unit vectors of an
     author's past posts are cached under the caller's key (an author id offline; the author,
-    the model version and the history's newest post in the daemon), at most ``cache_size``.
+    the model's weights and the history's newest post in the daemon), at most ``cache_size``.
     """
 
     def __init__(self, weights: PersonalizeWeights, bow: BagOfWords | None,
-                 cache_size: int = 10_000):
+                 cache_size: int = 10_000, max_age_s: float | None = None):
+        """``max_age_s``: the model vectors of a cached past are computed again once older
+        (a model trained online moves under a fixed key); None: kept while the key holds."""
         self.weights = weights
         self.bow = bow
         self.cache_size = cache_size
-        self._past_vectors: OrderedDict[tuple[str, Hashable], Any] = OrderedDict()
+        self.max_age_s = max_age_s
+        # (kind, key) -> (vectors, monotonic time they were computed)
+        self._past_vectors: OrderedDict[tuple[str, Hashable], tuple[Any, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def scores(self, content: TagScorer, content_scores: np.ndarray,
@@ -322,11 +327,13 @@ class Personalizer:
               embed: EmbedFn | None) -> Any:
         """Unit vectors of the author's past posts (dense for the model, sparse TF-IDF)."""
         cache_key = (kind, key)
+        now = time.monotonic()
         with self._lock:  # the daemon's request threads share the cache
-            vectors = self._past_vectors.get(cache_key)
-            if vectors is not None:
+            cached = self._past_vectors.get(cache_key)
+            if cached is not None and (kind != "model" or self.max_age_s is None
+                                       or now - cached[1] < self.max_age_s):
                 self._past_vectors.move_to_end(cache_key)
-                return vectors
+                return cached[0]
         if kind == "model":  # computed outside the lock: two threads may both compute it
             assert embed is not None
             vectors = unit_rows(_embed(embed, history.post_tokens))
@@ -334,7 +341,8 @@ class Personalizer:
             assert self.bow is not None
             vectors = self.bow.transform(history.post_tokens)
         with self._lock:
-            self._past_vectors[cache_key] = vectors
+            self._past_vectors[cache_key] = (vectors, now)
+            self._past_vectors.move_to_end(cache_key)
             if len(self._past_vectors) > self.cache_size:
                 self._past_vectors.popitem(last=False)
         return vectors

@@ -190,3 +190,28 @@ def test_the_query_tfidf_and_lexical_cosines_are_the_same_bits_as_scikit_learns(
     for tokens in docs[2000:2100] + docs[-4:]:
         expected = (past @ bow.transform([tokens])[0].T).toarray()[:, 0]
         assert _lexical_sims(bow, tokens, past).tolist() == expected.tolist()
+
+
+def test_cached_model_vectors_of_a_past_are_computed_again_past_their_max_age(monkeypatch):
+    import tagspace.personalize as personalize_module
+    from tagspace.personalize import AuthorHistory, Personalizer, PersonalizeWeights
+
+    calls = []
+
+    def embed(token_lists):  # type: ignore[no-untyped-def]
+        calls.append(len(token_lists))
+        return np.ones((len(token_lists), 4), np.float32)
+
+    clock = [100.0]
+    monkeypatch.setattr(personalize_module.time, "monotonic", lambda: clock[0])
+    history = AuthorHistory.of_posts([(("pasta",), ("boil", "pasta"))])
+    aging = Personalizer(PersonalizeWeights(), None, max_age_s=60.0)
+    keeping = Personalizer(PersonalizeWeights(), None)
+    for p in (aging, keeping):
+        p._past("model", "u", history, embed)
+        clock[0] += 59.0
+        p._past("model", "u", history, embed)  # still fresh: cached
+        clock[0] += 2.0
+        p._past("model", "u", history, embed)  # 61 s old: again, only where it ages
+        clock[0] = 100.0
+    assert calls == [1, 1, 1]  # aging: twice; keeping: once

@@ -75,7 +75,7 @@ def scorers(weights: PersonalizeWeights):
     # the daemon's model: the same weights inside tables grown to capacity (free rows)
     online = restore_online(tagger, Capacity(words=40, tags=20, min_word_count=1,
                                              min_tag_count=1), TRAIN)
-    hub = SimpleNamespace(online=online, tagger=online.tagger, version=3,
+    hub = SimpleNamespace(online=online, tagger=online.tagger, version=3, weights_id=0,
                           personalizer=Personalizer(weights, bow))
     store = FakeStore({"u": [(p.post_id, list(p.tags), list(p.tokens)) for p in history_posts]})
     return offline, Scorer(hub, store), store
