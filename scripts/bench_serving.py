@@ -432,6 +432,9 @@ def run_point(target: Target, others: dict[str, int], total: float, args: Any, w
         "training_examples_per_s": round(
             (metric(m1, "tagspace_training_examples_total")
              - metric(m0, "tagspace_training_examples_total")) / seconds, 1),
+        "reembedded_per_s": round((metric(m1, "tagspace_reembedded_posts_total")
+                                   - metric(m0, "tagspace_reembedded_posts_total")) / seconds, 1),
+        "model_version_at_start": metric(m0, "tagspace_model_version"),
         "model_version": metric(m1, "tagspace_model_version")}
     out["drain_seconds"] = 0.0
     if any(out["routes"][r]["errors"] for r in ROUTES):  # abandoned requests may still run

@@ -89,6 +89,10 @@ def summarize(times: np.ndarray, latency: np.ndarray, lag: np.ndarray, status: n
         out[f"{name}_ms"] = pct(ms.tolist(), q)
     for name, q in (("p50", 50), ("p99", 99), ("max", 100)):
         out[f"send_lag_{name}_ms"] = pct(sent.tolist(), q)
+    # per second of the window: where the tail comes from (spread out, or a few stalls)
+    second = np.floor(times[m] - start).astype(int)
+    out["per_second_max_ms"] = [round(float(ms[second == i].max()), 1) if (second == i).any()
+                                else None for i in range(int(np.ceil(end - start)))]
     return out
 
 
