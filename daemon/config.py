@@ -48,6 +48,9 @@ class Settings:
                              "the model's shared memory, so that ingestion never takes the GIL "
                              "from requests (all and serve roles; false: in the daemon's "
                              "process)")
+    serve_processes: int = _s(1, "serving processes (with serve_process): each answers on one "
+                              "core, the kernel spreads connections over them; about one per "
+                              "core that serving may take")
     http_threads: int = _s(8, "threads that run the HTTP handlers (suggest, feed, ...): a few "
                            "per core; more only contend for the GIL")
     reload_interval_s: float = _s(5.0, "serve role: how often model_dir is checked for a new "

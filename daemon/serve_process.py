@@ -29,11 +29,14 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
+from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 import torch.multiprocessing as mp
+from prometheus_client.metrics_core import Metric
 
 from daemon.config import Settings, host_port
+from daemon.metrics import merge_families
 from daemon.serving import reembed_posts
 
 if TYPE_CHECKING:
@@ -45,6 +48,7 @@ START_TIMEOUT_S = 120.0  # a child imports torch and loads candidates before it 
 RESTART_BACKOFF_S = 1.0
 CALL_TIMEOUT_S = 30.0  # a checkpoint can take seconds
 SWITCH_INTERVAL_S = 0.001
+REPORT_EVERY_S = 1.0  # a serving process's metrics reach the others' /metrics this late
 
 
 class Link:
@@ -80,25 +84,39 @@ class Link:
             future.set_exception(ConnectionError("the daemon's process is gone"))
 
 
-class ServingProcess:
-    """The daemon's side: starts the child on the daemon's socket, feeds it the vocabulary
-    admissions and versions, answers its calls, and starts it again if it dies."""
+class _Child:
+    """One serving process, seen from the daemon."""
 
-    def __init__(self, daemon: Daemon):
+    def __init__(self, index: int, proc: Any, link: Link):
+        self.index, self.proc, self.link = index, proc, link
+        self.families: list[Metric] = []  # its metrics, as it last reported them
+
+
+class ServingProcess:
+    """The daemon's side: starts ``count`` children on the daemon's socket (the kernel hands
+    each connection to one of them), feeds them the vocabulary admissions and versions, answers
+    their calls, merges their metrics, and starts any that dies again."""
+
+    def __init__(self, daemon: Daemon, count: int = 1):
         self.daemon = daemon
         self.settings = daemon.settings
+        self.count = count
         self.restarts = 0
         self._ctx = mp.get_context("spawn")
         self._sock: socket.socket | None = None
-        self._proc: Any = None
-        self._link: Link | None = None
+        self._children: list[_Child] = []
+        self._retired: list[Metric] = []  # the last metrics of children that died: kept
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._sent_version = -1
 
     @property
+    def pids(self) -> list[int]:
+        return [c.proc.pid for c in self._children]
+
+    @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self.pids[0] if self._children else None
 
     def start(self) -> None:
         host, port = host_port(self.settings.http_addr)
@@ -112,11 +130,12 @@ class ServingProcess:
                                f"{self.settings.http_addr}: {e}") from e
         sock.listen(2048)
         self._sock = sock
-        self._spawn()
+        self._sent_version = self.daemon.hub.version
+        self._children = [self._spawn(i) for i in range(self.count)]
         self._thread = threading.Thread(target=self._run, name="serve-link", daemon=True)
         self._thread.start()
 
-    def _spawn(self) -> None:
+    def _spawn(self, index: int) -> _Child:
         d = self.daemon
         parent_end, child_end = self._ctx.Pipe()
         spec: dict[str, Any] = {"version": d.hub.version, "version_time": d.hub.version_time}
@@ -126,56 +145,61 @@ class ServingProcess:
             spec["shared"] = share(d.hub.online)
             spec["words"], spec["tags"] = d.hub.online.replicas()
             spec["personalize"] = (d.hub.personalizer.weights, d.hub.personalizer.bow)
-        self._sent_version = d.hub.version
-        self._proc = self._ctx.Process(
-            target=_child_main, name="tagspace-server", daemon=True,
+        proc = self._ctx.Process(
+            target=_child_main, name=f"tagspace-server-{index}", daemon=True,
             args=(os.getpid(), self.settings, spec, child_end, self._sock))
-        self._proc.start()
+        proc.start()
         child_end.close()
-        self._link = Link(parent_end)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if parent_end.poll(0.1):
                 message = parent_end.recv()
                 if message[0] == "ready":
-                    log.info("serving process %d answers on http://%s", self._proc.pid,
+                    log.info("serving process %d answers on http://%s", proc.pid,
                              self.settings.http_addr)
-                    return
+                    return _Child(index, proc, Link(parent_end))
                 if message[0] == "failed":
                     raise RuntimeError(f"the serving process could not start: {message[1]}")
-            elif not self._proc.is_alive():
+            elif not proc.is_alive():
                 raise RuntimeError(f"the serving process exited at start "
-                                   f"(code {self._proc.exitcode})")
-        self._proc.kill()
+                                   f"(code {proc.exitcode})")
+        proc.kill()
         raise RuntimeError(f"the serving process did not start within {START_TIMEOUT_S:g} s")
 
     def _run(self) -> None:
-        """Publish admissions and versions, answer calls, restart a dead child."""
+        """Publish admissions and versions, answer calls, restart dead children."""
         while not self._stopping.is_set():
-            link = self._link
-            assert link is not None
-            try:
-                while link.conn.poll(PUBLISH_EVERY_S):
-                    self._handle(link, link.conn.recv())
-                self._publish(link)
-                continue
-            except (EOFError, OSError, BrokenPipeError):
-                pass  # the child is gone
+            children = list(self._children)
+            by_conn = {c.link.conn: c for c in children}
+            dead: list[_Child] = []
+            for ready in wait(list(by_conn), timeout=PUBLISH_EVERY_S):
+                child = by_conn[ready]
+                try:
+                    while child.link.conn.poll():
+                        self._handle(child, child.link.conn.recv())
+                except (EOFError, OSError):
+                    dead.append(child)
+            dead += [c for c in children if c not in dead and not c.proc.is_alive()]
+            self._publish([c for c in children if c not in dead])
             if self._stopping.is_set():
                 return
-            self._restart()
+            for child in dead:
+                self._restart(child)
 
-    def _handle(self, link: Link, message: tuple) -> None:
-        if message[0] == "call":
+    def _handle(self, child: _Child, message: tuple) -> None:
+        if message[0] == "families":
+            child.families = message[1]
+        elif message[0] == "call":
             _, call_id, name, payload = message
-            threading.Thread(target=self._answer, args=(link, call_id, name, payload),
+            threading.Thread(target=self._answer, args=(child, call_id, name, payload),
                              name=f"serve-call-{name}", daemon=True).start()
 
-    def _answer(self, link: Link, call_id: int, name: str, payload: Any) -> None:
+    def _answer(self, child: _Child, call_id: int, name: str, payload: Any) -> None:
         d = self.daemon
         try:
             if name == "metrics":
-                value: Any = d.exposition(payload)
+                child.families = payload  # the caller's, fresh; the others' as last reported
+                value: Any = d.exposition(self.families())
             elif name == "ready":
                 value = d.readiness_problems()
             elif name == "reembed":
@@ -189,48 +213,63 @@ class ServingProcess:
             log.exception("answering the serving process's %s failed", name)
             value = None
         try:
-            link.send("reply", call_id, value)
+            child.link.send("reply", call_id, value)
         except (OSError, BrokenPipeError):
             pass
 
-    def _publish(self, link: Link) -> None:
+    def families(self) -> list[Metric]:
+        """Every serving process's metrics, merged (those that died included)."""
+        merged = list(self._retired)
+        for child in list(self._children):
+            merged = merge_families(merged, child.families)
+        return merged
+
+    def _publish(self, children: list[_Child]) -> None:
         hub = self.daemon.hub
         words, tags = hub.online.take_admissions()
         version = hub.version
         if words or tags or version != self._sent_version:
-            link.send("model", words, tags, version, hub.version_time)
+            for child in children:
+                try:
+                    child.link.send("model", words, tags, version, hub.version_time)
+                except (OSError, BrokenPipeError):
+                    pass  # found dead on the next round
             self._sent_version = version
 
-    def _restart(self) -> None:
-        code = self._proc.exitcode if self._proc is not None else None
-        log.error("the serving process exited (code %s): starting it again", code)
+    def _restart(self, child: _Child) -> None:
+        log.error("serving process %d exited (code %s): starting it again", child.proc.pid,
+                  child.proc.exitcode)
         self.restarts += 1
         self.daemon.metrics.server_restarts.inc()
+        self._retired = merge_families(self._retired, child.families)  # counters carry on
+        child.families = []
         while not self._stopping.wait(RESTART_BACKOFF_S):
             try:
-                self._spawn()
-                return
+                fresh = self._spawn(child.index)
             except Exception:
                 log.exception("restarting the serving process failed")
+                continue
+            self._children[child.index] = fresh
+            return
 
     def request_stop(self) -> None:
         """Stop answering: requests in flight finish (within the HTTP grace period)."""
         self._stopping.set()
-        if self._link is not None:
+        for child in self._children:
             try:
-                self._link.send("stop")
+                child.link.send("stop")
             except (OSError, BrokenPipeError):
                 pass
 
     def join(self, timeout: float = 3.0) -> None:
-        """Wait for the child to exit (killed past ``timeout``); the socket closed."""
+        """Wait for the children to exit (killed past ``timeout``); the socket closed."""
         self._stopping.set()
         deadline = time.monotonic() + timeout
-        if self._proc is not None:
-            self._proc.join(max(0.1, deadline - time.monotonic()))
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(1.0)
+        for child in self._children:
+            child.proc.join(max(0.1, deadline - time.monotonic()))
+            if child.proc.is_alive():
+                child.proc.kill()
+                child.proc.join(1.0)
         if self._thread is not None:
             self._thread.join(max(0.1, deadline - time.monotonic()))
         if self._sock is not None:
@@ -315,8 +354,14 @@ class ServingNode:
         import redis
 
         s = self.settings
-        last_reload = time.monotonic()
+        last_reload = last_report = time.monotonic()
         while not self.stop_event.wait(s.candidate_refresh_s):
+            if time.monotonic() - last_report >= REPORT_EVERY_S:
+                last_report = time.monotonic()
+                try:  # for the /metrics that the other serving processes answer
+                    self.link.send("families", list(self.metrics.registry.collect()))
+                except (OSError, BrokenPipeError):
+                    return
             if self.mirror is None and time.monotonic() - last_reload >= s.reload_interval_s:
                 last_reload = time.monotonic()
                 try:

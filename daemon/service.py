@@ -60,7 +60,8 @@ class Daemon:
             self.trainer = OnlineTrainer(self.hub.online, self.metrics, s.workers,
                                          s.batch_size, s.train_queue)
         # the HTTP API: a serving process of its own, or threads of this one
-        self.server = ServingProcess(self) if s.serve_process and s.role != "trainer" else None
+        self.server = ServingProcess(self, s.serve_processes) \
+            if s.serve_process and s.role != "trainer" else None
         self.serving = Serving(s, self.store, self.hub, self.metrics) \
             if self.server is None else None
         self.redis_ok = False

@@ -138,8 +138,10 @@ class OnlineVocabulary(Vocabulary):
 
     # replicas: another process's read-only copy, kept in step by the owner's admissions
     def replica(self) -> OnlineVocabulary:
-        """A copy to hand to another process (no pending counts, no journal) and, from now
-        on, a journal here of the admissions it must ``apply`` to stay in step."""
+        """A copy to hand to another process (no pending counts, no journal) and, from the
+        first replica on, a journal here of the admissions replicas must ``apply`` to stay in
+        step. A replica made after some entries of the journal holds them already: applying
+        them again, in order, ends in the same state."""
         copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__)
         copy.tokens, copy.counts, copy._ids = list(self.tokens), list(self.counts), \
@@ -147,7 +149,8 @@ class OnlineVocabulary(Vocabulary):
         for name in ("active", "last_seen", "_count_arr", "row_generation"):
             setattr(copy, name, getattr(self, name).copy())
         copy._free, copy.pending, copy.journal = [], Counter(), None
-        self.journal = []  # one follower: a new replica starts the journal again
+        if self.journal is None:
+            self.journal = []
         return copy
 
     def take_journal(self) -> list[Admission]:

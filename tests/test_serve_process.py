@@ -18,9 +18,10 @@ from tests.test_online import post
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def daemon(broker, redis_url, tmp_path):
-    d = Daemon(settings_for(broker, redis_url, tmp_path / "model", train=False))
+@pytest.fixture(params=[1, 2], ids=["one", "two"])
+def daemon(broker, redis_url, tmp_path, request):
+    d = Daemon(settings_for(broker, redis_url, tmp_path / "model", train=False,
+                            serve_processes=request.param))
     d.start()
     yield d
     d.shutdown()
@@ -52,23 +53,34 @@ def test_the_serving_process_ranks_as_the_daemons_model_and_sees_new_tags_within
                "#classical in the serving process", every=0.01)
     took = time.monotonic() - admitted
     assert took < 1.0, f"#classical took {took:.2f} s to reach the serving process"
-    assert suggested(base, query) == expected(query)
-    assert suggested(base, "oven bake bread") == expected("oven bake bread")
+    time.sleep(0.1)  # every serving process has it by now (each new connection: any of them)
+    for _ in range(10):
+        assert suggested(base, query) == expected(query)
+        assert suggested(base, "oven bake bread") == expected("oven bake bread")
 
 
-def test_a_killed_serving_process_is_started_again_on_the_same_address(daemon):
+def test_a_killed_serving_process_is_started_again_and_its_counts_are_kept(daemon):
     base = f"http://{daemon.settings.http_addr}"
+    for _ in range(20):
+        assert httpx.get(f"{base}/livez").status_code == 200
+    time.sleep(1.5)  # every serving process has reported its metrics
+
+    def livez_count() -> float:
+        return metric(httpx.get(f"{base}/metrics").text, "tagspace_api_request_seconds_count",
+                      route="/livez", status="200")
+    assert livez_count() == 20  # each process's requests, in one exposition
     first = daemon.server.pid
-    assert httpx.get(f"{base}/livez").status_code == 200
     os.kill(first, signal.SIGKILL)
 
     def answering_again() -> bool:
         try:
             return httpx.get(f"{base}/livez", timeout=1).status_code == 200 and \
-                daemon.server.pid != first
+                first not in daemon.server.pids and len(daemon.server.pids) == \
+                daemon.settings.serve_processes
         except httpx.HTTPError:
             return False
     wait_until(answering_again, 60, "a new serving process")
     text = httpx.get(f"{base}/metrics").text
     assert metric(text, "tagspace_server_restarts_total") == 1
+    assert livez_count() >= 20  # the dead process's requests still counted
     assert httpx.post(f"{base}/v1/suggest", json={"text": "anything"}).status_code == 200
