@@ -145,6 +145,7 @@ class ServingProcess:
             spec["shared"] = share(d.hub.online)
             spec["words"], spec["tags"] = d.hub.online.replicas()
             spec["personalize"] = (d.hub.personalizer.weights, d.hub.personalizer.bow)
+        spec["reembeds"] = index == 0  # one chooses the stale posts; all get the results
         proc = self._ctx.Process(
             target=_child_main, name=f"tagspace-server-{index}", daemon=True,
             args=(os.getpid(), self.settings, spec, child_end, self._sock))
@@ -202,8 +203,15 @@ class ServingProcess:
                 value: Any = d.exposition(self.families())
             elif name == "ready":
                 value = d.readiness_problems()
-            elif name == "reembed":
+            elif name == "reembed":  # background work: below serving for the CPU
+                _lower_this_threads_priority()
                 value = reembed_posts(d.hub, d.store, payload)
+                for other in list(self._children):  # their candidates too
+                    if other is not child:
+                        try:
+                            other.link.send("reembedded", value)
+                        except (OSError, BrokenPipeError):
+                            pass
             elif name == "checkpoint":
                 ok = d.checkpoint()
                 value = (ok, d.hub.version, d.hub.version_time)
@@ -302,6 +310,7 @@ class ServingNode:
                                reembedder=lambda ids: link.call("reembed", ids))
         self.scorer, self.feeds = self.serving.scorer, self.serving.feeds
         self.trains = settings.trains
+        self.reembeds = bool(spec.get("reembeds", True))
         self.stop_event = threading.Event()
 
     # what daemon.api asks for
@@ -343,6 +352,11 @@ class ServingNode:
                 _, words, tags, version, version_time = message
                 self.mirror.apply(words, tags)
                 self.mirror.set_version(version, version_time)
+            elif kind == "reembedded":
+                try:
+                    self.serving.apply_reembedded(message[1])
+                except Exception:  # stale vectors stay; never lose the link over them
+                    log.exception("applying re-embedded posts failed")
             elif kind == "reply":
                 self.link.resolve(message[1], message[2])
             elif kind == "stop":
@@ -369,7 +383,7 @@ class ServingNode:
                 except Exception:  # a half-copied or bad checkpoint: keep the current model
                     log.exception("loading a published model version failed")
             try:
-                self.serving.maintain()
+                self.serving.maintain(reembeds=self.reembeds)
             except redis.RedisError as e:
                 log.warning("serving maintenance: Redis unavailable: %s", e)
             except Exception:
@@ -426,3 +440,12 @@ def _child_main(parent: int, settings: Settings, spec: dict[str, Any], conn: Any
     server.should_exit = True
     threads[2].join(5.0)
 
+
+
+def _lower_this_threads_priority(niceness: int = 10) -> None:
+    """Linux: a nice value for the calling thread only (its native id), so that the daemon
+    process's background work yields the CPU to the serving processes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass

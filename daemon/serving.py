@@ -69,13 +69,15 @@ class Serving:
         self.feeds = FeedRanker(model, store, self.candidates, s.feed_history,
                                 ann_candidates_per_query=s.feed_ann_candidates_per_query)
 
-    def maintain(self) -> None:
-        """One upkeep step: new posts become candidates, then up to the re-embedding budget
-        of one ``candidate_refresh_s`` is refreshed. Redis errors propagate."""
+    def maintain(self, reembeds: bool = True) -> None:
+        """One upkeep step: new posts become candidates, then (``reembeds``) up to the
+        re-embedding budget of one ``candidate_refresh_s`` is refreshed. Redis errors
+        propagate."""
         s = self.settings
         self.candidates.refresh()
         self.metrics.feed_candidates.set(len(self.candidates))
-        self.reembed(int(s.reembed_rate * s.candidate_refresh_s) + 1)
+        if reembeds:
+            self.reembed(int(s.reembed_rate * s.candidate_refresh_s) + 1)
 
     def reembed(self, budget: int) -> None:
         """Refresh up to ``budget`` posts embedded by an older model version: the history posts
@@ -92,8 +94,12 @@ class Serving:
         if not stale:
             return
         done = self.reembedder(stale)
+        self.metrics.reembedded.inc(done.changed)
+        self.apply_reembedded(done)
+
+    def apply_reembedded(self, done: Reembedded) -> None:
+        """Re-embedded posts (here or by another serving process) into the candidates."""
         if done.gone:  # evicted or lost in Redis: no longer candidates
             self.candidates.remove(done.gone)
         if done.post_ids:
-            self.metrics.reembedded.inc(done.changed)
             self.candidates.update(done.post_ids, done.embeddings, done.version)
