@@ -1,21 +1,25 @@
-"""The HTTP API in a child process of its own: serving never shares a GIL with ingestion.
+"""The HTTP API in child processes of its own: serving never shares a GIL with ingestion.
 
 The daemon's process keeps the Kafka consumer, the vocabularies' owner, the checkpoints and the
-training process; this child answers every route. It serves with the daemon's weights in shared
-memory and replicas of its vocabularies (``daemon.model_mirror``), reads Redis itself, keeps its
-own feed candidates (and re-embeds stale posts), and freezes its start-up heap, so no
-collection of it ever stops a request.
+training process; ``serve_processes`` children answer every route. Each serves with the
+daemon's weights in shared memory and replicas of its vocabularies (``daemon.model_mirror``),
+reads Redis itself, keeps its own feed candidates, and freezes its start-up heap, so no
+collection of it ever stops a request. Re-embedding stale posts (reading their tokens, the CNN,
+writing back) is the daemon's work: the first child chooses the posts and asks, every child
+applies the new vectors to its candidates.
 
-One pipe joins the two. The daemon sends the admissions of new words and tags and each new
-model version a few milliseconds after they happen; the child asks the daemon for what only the
-daemon knows (readiness, a checkpoint) and hands it its metrics to expose with the daemon's,
-merged (``/metrics`` is one exposition). The listening socket is the daemon's: bound before the
-child starts (a port in use fails start-up at once), inherited by every child it starts.
+One pipe joins the daemon to each child. The daemon sends the admissions of new words and tags
+and each new model version a few milliseconds after they happen; a child asks the daemon for
+what only the daemon knows (readiness, a checkpoint, re-embedding) and reports its metrics every
+second and with each ``/metrics`` it answers, for the daemon to merge into one exposition. The
+listening socket is the daemon's: bound before the children start (a port in use fails start-up
+at once), inherited by each, which accept from it in turn (the kernel spreads connections).
 
 Faults: a child that dies is started again (``tagspace_server_restarts_total``) on the same
-socket, so connections wait in its backlog for the seconds a start takes; it dies with the
-daemon (``PR_SET_PDEATHSIG``). The serve role's child loads the published versions itself, as
-the daemon's process does for ingestion.
+socket, so connections wait in its backlog, or go to the others, for the seconds a start takes;
+its last metrics stay in the sums; all die with the daemon (``PR_SET_PDEATHSIG``). The serve
+role's children load the published versions themselves, as the daemon's process does for
+ingestion.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -47,7 +50,6 @@ PUBLISH_EVERY_S = 0.005  # admissions reach the server at most this late (plus t
 START_TIMEOUT_S = 120.0  # a child imports torch and loads candidates before it answers
 RESTART_BACKOFF_S = 1.0
 CALL_TIMEOUT_S = 30.0  # a checkpoint can take seconds
-SWITCH_INTERVAL_S = 0.001
 REPORT_EVERY_S = 1.0  # a serving process's metrics reach the others' /metrics this late
 
 
@@ -412,9 +414,6 @@ def _child_main(parent: int, settings: Settings, spec: dict[str, Any], conn: Any
 
         torch.set_num_threads(1)
         threadpool_limits(1)
-        # The event loop answers requests and must get the GIL back at once from the
-        # maintenance and link threads (each Redis reply re-acquires it): 1 ms, not 5.
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         node = ServingNode(settings, link, spec)
         node.serving.candidates.refresh()  # a feed at the first request, not 0.5 s later
         server = uvicorn.Server(uvicorn.Config(
