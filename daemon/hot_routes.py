@@ -13,8 +13,8 @@ FastAPI's, unchanged.
 The plain requests are answered on the event loop's thread itself, one after the other: in the
 serving process nothing else needs the loop for long, and a hand-off to a worker thread and
 back costs two GIL switches, each up to the 5 ms switch interval when another thread holds
-the GIL (measured: p50 8.5 ms and p99 105 ms at 100 + 100 requests/s on threads, 3.6 ms and
-14.5 ms inline). The one blocking call is the request's Redis round trip; after a Redis error
+the GIL (measured, one run each: p50 8.5 ms and p99 105 ms at 100 + 100 requests/s on threads,
+3.6 ms and 14.5 ms inline; docs/PERFORMANCE.md has the later runs). The one blocking call is the request's Redis round trip; after a Redis error
 the answers go to the thread pool for ``REDIS_TROUBLE_S``, so a Redis that hangs holds the loop
 (its ``/livez`` and ``/metrics``) for at most one socket timeout.
 """
