@@ -37,6 +37,7 @@ from daemon.hot_routes import (
     MAX_TEXT_CHARS,
     HotRoutes,
     feed_answer,
+    replay_message,
     suggest_answer,
 )
 
@@ -180,7 +181,8 @@ class Gate:
                     break
                 more = message.get("more_body", False)
             else:
-                receive = _replay(b"".join(chunks), receive)
+                receive = replay_message({"type": "http.request", "body": b"".join(chunks),
+                                          "more_body": False}, receive)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -203,20 +205,6 @@ class Gate:
             name = getattr(scope.get("route"), "path", "unmatched")
             self.daemon.metrics.api_latency.labels(name, str(status)).observe(
                 time.perf_counter() - start)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that gives ``body`` once, then whatever the client sends next."""
-    given = False
-
-    async def replay() -> Message:
-        nonlocal given
-        if given:
-            return await receive()
-        given = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
 
 
 def create_app(daemon: Backend) -> FastAPI:

@@ -14,9 +14,10 @@ The plain requests are answered on the event loop's thread itself, one after the
 serving process nothing else needs the loop for long, and a hand-off to a worker thread and
 back costs two GIL switches, each up to the 5 ms switch interval when another thread holds
 the GIL (measured, one run each: p50 8.5 ms and p99 105 ms at 100 + 100 requests/s on threads,
-3.6 ms and 14.5 ms inline; docs/PERFORMANCE.md has the later runs). The one blocking call is the request's Redis round trip; after a Redis error
-the answers go to the thread pool for ``REDIS_TROUBLE_S``, so a Redis that hangs holds the loop
-(its ``/livez`` and ``/metrics``) for at most one socket timeout.
+3.6 ms and 14.5 ms inline; docs/PERFORMANCE.md has the later runs). The one blocking call is
+the request's Redis round trip; after a Redis error the answers go to the thread pool for
+``REDIS_TROUBLE_S``, so a Redis that hangs holds the loop (its ``/livez`` and ``/metrics``)
+for at most one socket timeout.
 """
 
 from __future__ import annotations
@@ -152,15 +153,16 @@ async def _read_body(receive: Receive) -> tuple[bytes | None, Receive]:
     while more:
         message = await receive()
         if message["type"] != "http.request":
-            return None, _replay_message(message, receive)
+            return None, replay_message(message, receive)
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     body = b"".join(chunks)
-    return body, _replay_message({"type": "http.request", "body": body, "more_body": False},
+    return body, replay_message({"type": "http.request", "body": body, "more_body": False},
                                  receive)
 
 
-def _replay_message(first: Message, receive: Receive) -> Receive:
+def replay_message(first: Message, receive: Receive) -> Receive:
+    """A receive that gives ``first`` once, then whatever the client sends next."""
     given = False
 
     async def replay() -> Message:

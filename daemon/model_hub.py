@@ -120,6 +120,14 @@ class ModelHub:
                 return path, checkpoint
         raise ValueError(f"{diverged} has non-finite weights and no older version is finite")
 
+    def try_reload(self) -> None:
+        """``reload_if_newer``, logging a failure (a half-copied or bad checkpoint): the
+        current model keeps serving."""
+        try:
+            self.reload_if_newer()
+        except Exception:
+            log.exception("loading a published model version failed")
+
     def reload_if_newer(self) -> bool:
         """Serve role: load the version a trainer published, when newer than ours. The swap
         is one attribute assignment: requests in flight finish on the model they started with."""

@@ -380,10 +380,7 @@ class ServingNode:
                     return
             if self.mirror is None and time.monotonic() - last_reload >= s.reload_interval_s:
                 last_reload = time.monotonic()
-                try:
-                    self.hub.reload_if_newer()
-                except Exception:  # a half-copied or bad checkpoint: keep the current model
-                    log.exception("loading a published model version failed")
+                self.hub.try_reload()
             try:
                 self.serving.maintain(reembeds=self.reembeds)
             except redis.RedisError as e:

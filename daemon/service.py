@@ -148,10 +148,7 @@ class Daemon:
         while not self.stop_event.wait(s.candidate_refresh_s):
             if s.role == "serve" and time.monotonic() - last_reload >= s.reload_interval_s:
                 last_reload = time.monotonic()
-                try:
-                    self.hub.reload_if_newer()
-                except Exception:  # a half-copied or bad checkpoint: keep the current model
-                    log.exception("loading a published model version failed")
+                self.hub.try_reload()
             try:
                 if self.serving is not None:
                     self.serving.maintain()
