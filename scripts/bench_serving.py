@@ -259,7 +259,7 @@ def wait_for_feeds(base: str, paths: list[str], timeout: float, full: int = 0) -
 
 def setup_real(stack: Any, work: Path, args: Any) -> Target:
     import redis
-    from bench_daemon import TAGSPACE, start_daemon
+    from bench_daemon import TAGSPACE, start_daemon, stop_daemon
 
     if not (args.model / "config.json").exists():
         raise SystemExit(f"{args.model}: no config.json. Train it first: tagspace train --data "
@@ -277,23 +277,28 @@ def setup_real(stack: Any, work: Path, args: Any) -> Target:
     producing = subprocess.Popen(replay, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
     proc = start_daemon(s, work / "real.log")
-    out = producing.communicate()[0]
-    if producing.returncode != 0:
-        raise RuntimeError(f"replay failed: {out[-2000:]}")
-    words = out.split()  # "sent N posts and M interactions to ..."
-    posts, interactions = int(words[words.index("sent") + 1]), int(words[words.index("and") + 1])
-    base = f"http://{s.http_addr}"
-    ingest = wait_ingested(base, s, posts, interactions, args)
-    r = redis.Redis.from_url(stack.redis_url)
-    users = [k.decode().split(":hist:", 1)[1]
-             for k in r.scan_iter(match=f"{s.redis_prefix}:hist:*", count=1000)]
-    if not users:
-        raise RuntimeError("no user has positive interactions: nothing to ask feeds for")
-    paths = feed_paths(users, args.seed)
-    wait_for_feeds(base, paths, 120)
-    setup = {"model": str(args.model), "train_posts_replayed": posts,
-             "interactions_replayed": interactions, "users_with_history": len(users),
-             "ingest_seconds": round(time.monotonic() - started, 1), **ingest}
+    try:  # a failed setup must not leave its daemon running (it would load later runs)
+        out = producing.communicate()[0]
+        if producing.returncode != 0:
+            raise RuntimeError(f"replay failed: {out[-2000:]}")
+        words = out.split()  # "sent N posts and M interactions to ..."
+        posts = int(words[words.index("sent") + 1])
+        interactions = int(words[words.index("and") + 1])
+        base = f"http://{s.http_addr}"
+        ingest = wait_ingested(base, s, posts, interactions, args)
+        r = redis.Redis.from_url(stack.redis_url)
+        users = [k.decode().split(":hist:", 1)[1]
+                 for k in r.scan_iter(match=f"{s.redis_prefix}:hist:*", count=1000)]
+        if not users:
+            raise RuntimeError("no user has positive interactions: nothing to ask feeds for")
+        paths = feed_paths(users, args.seed)
+        wait_for_feeds(base, paths, 120)
+        setup = {"model": str(args.model), "train_posts_replayed": posts,
+                 "interactions_replayed": interactions, "users_with_history": len(users),
+                 "ingest_seconds": round(time.monotonic() - started, 1), **ingest}
+    except BaseException:
+        stop_daemon(proc)
+        raise
     return Target("real", s, proc, suggest_bodies(args.data / "valid.csv", 2000), paths, setup)
 
 
