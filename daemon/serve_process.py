@@ -103,7 +103,6 @@ class ServingProcess:
         self.daemon = daemon
         self.settings = daemon.settings
         self.count = count
-        self.restarts = 0
         self._ctx = mp.get_context("spawn")
         self._sock: socket.socket | None = None
         self._children: list[_Child] = []
@@ -249,7 +248,6 @@ class ServingProcess:
     def _restart(self, child: _Child) -> None:
         log.error("serving process %d exited (code %s): starting it again", child.proc.pid,
                   child.proc.exitcode)
-        self.restarts += 1
         self.daemon.metrics.server_restarts.inc()
         self._retired = merge_families(self._retired, child.families)  # counters carry on
         child.families = []
@@ -407,7 +405,7 @@ def _child_main(parent: int, settings: Settings, spec: dict[str, Any], conn: Any
         from threadpoolctl import threadpool_limits
 
         from daemon.api import create_app
-        from daemon.service import freeze_heap
+        from daemon.heap import freeze_heap
 
         torch.set_num_threads(1)
         threadpool_limits(1)

@@ -10,7 +10,6 @@ once.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ from daemon.api import create_app
 from daemon.candidates import CandidateIndex
 from daemon.config import Settings, host_port
 from daemon.feed import FeedRanker
+from daemon.heap import freeze_heap
 from daemon.ingest import Ingestor
 from daemon.metrics import Exposition, Metrics, merge_families
 from daemon.model_hub import ModelDiverged, ModelHub, train_config
@@ -255,11 +255,3 @@ class Daemon:
         m.vocab.labels("tags").set(online.tags.size)
         m.ready.set(0 if self.readiness_problems() else 1)
 
-
-def freeze_heap() -> None:
-    """Out of the garbage collector's sight: everything start-up built (modules, the model,
-    the vocabularies), which is never garbage. A full collection of the daemon's ~240k
-    start-up objects took 121 ms here (and stopped every thread, requests included: the p99
-    of docs/PERFORMANCE.md); after ``gc.freeze`` it takes microseconds."""
-    gc.collect()
-    gc.freeze()

@@ -127,6 +127,13 @@ def producer(bootstrap: str):  # type: ignore[no-untyped-def]
     return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, enable_idempotence=False)
 
 
+def steady_rate(times: list[float]) -> float | None:
+    """Arrivals per second between the 10th and the 90th percentile of the sorted ``times``
+    (the steady state: no start-up, no tail)."""
+    a, b = times[len(times) // 10], times[len(times) * 9 // 10]
+    return 0.8 * len(times) / (b - a) if b > a else None
+
+
 def pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 4) if values else float("nan")
 
@@ -190,9 +197,7 @@ def bench_ingest(stack: Stack, work: Path, n: int) -> dict:
             time.sleep(0.5)
         watcher.stop.set()
         times = sorted(watcher.seen.values())
-        # steady state: from the 10th to the 90th percentile of arrivals
-        a, b = times[len(times) // 10], times[len(times) * 9 // 10]
-        rate = 0.8 * len(times) / (b - a) if b > a else float("nan")
+        rate = steady_rate(times) or float("nan")
         metrics = httpx.get(f"http://{s.http_addr}/metrics").text
         stop_daemon(proc)
         out[name] = {"posts": n, "stored": len(times), "posts_per_s": round(rate, 1),

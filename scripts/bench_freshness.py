@@ -46,6 +46,7 @@ from bench_daemon import (  # noqa: E402
     producer,
     scratch,
     start_daemon,
+    steady_rate,
     stop_daemon,
 )
 from bench_serving import git_revision, machine, metric, scrape  # noqa: E402
@@ -187,12 +188,11 @@ def sustained(stack: Stack, work: Path, n: int, train: bool, args: Any) -> dict:
             time.sleep(0.5)
         watcher.stop.set()
         times = sorted(watcher.seen.values())
-        a, b = times[len(times) // 10], times[len(times) * 9 // 10]
         metrics = scrape(f"http://{s.http_addr}")
         tagged = sum(1 for r in records if r.get("tags"))
         examples = metric(metrics, "tagspace_training_examples_total")
         out = {"posts": n, "stored": len(times),
-               "posts_per_s": round(0.8 * len(times) / (b - a), 1) if b > a else None,
+               "posts_per_s": round(rate, 1) if (rate := steady_rate(times)) else None,
                "training_examples": examples,
                "fraction_of_tagged_trained": round(examples / tagged, 3) if tagged else None}
         print(f"sustained ingest, training {'on' if train else 'off'}: {out}", flush=True)
