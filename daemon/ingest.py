@@ -30,6 +30,7 @@ from daemon.records import Interaction, InvalidRecord, dead_letter, decode_inter
 from daemon.store import Store, WriteResult
 from daemon.trainer import Trainer
 from tagspace.dataset import Post
+from tagspace.precision import use_bf16
 
 log = logging.getLogger(__name__)
 EVAL_PER_BATCH = 64  # prequential evaluation: at most this many posts per batch are scored
@@ -58,6 +59,7 @@ class Ingestor:
         self._write_id = ""
         self.failed = False  # set when the loop died of an unexpected error
         self._eval_tokens, self._eval_at = float(EVAL_PER_BATCH), time.monotonic()
+        self._bf16 = use_bf16(settings.ingest_bf16)
 
     # clients
     @property
@@ -213,7 +215,7 @@ class Ingestor:
         if not posts:
             return np.zeros((0, self.hub.online.model.config.dim), np.float32)
         budget = self._eval_budget() if self.trainer is not None else 0
-        embeddings, predictions = self.hub.online.embed_and_evaluate(posts, budget)
+        embeddings, predictions = self.hub.online.embed_and_evaluate(posts, budget, self._bf16)
         self._eval_tokens -= len(predictions)
         for pred in predictions:
             self.p1.add(float(pred.hit_at_1), 1.0)

@@ -152,11 +152,12 @@ class OnlineTagSpace:
                                   len(gold.intersection(best.tolist()))))
         return out
 
-    def embed_and_evaluate(self, posts: Sequence[Post],
-                           evaluate: int) -> tuple[np.ndarray, list[Prediction]]:
+    def embed_and_evaluate(self, posts: Sequence[Post], evaluate: int,
+                           bf16: bool = False) -> tuple[np.ndarray, list[Prediction]]:
         """Every post's embedding and, from the same forward pass, the prequential scores of
         the first ``evaluate`` tagged posts (over the tags in use, top 10 by selection): each
-        post is encoded once."""
+        post is encoded once. ``bf16``: the posts not scored are embedded under bf16 autocast
+        (the scored ones stay fp32, as the served scores are)."""
         tagged = [i for i, p in enumerate(posts) if p.tags][:max(0, evaluate)]
         rest = sorted(set(range(len(posts))) - set(tagged))
         embs = np.zeros((len(posts), self.model.config.dim), np.float32)
@@ -173,7 +174,7 @@ class OnlineTagSpace:
                 out.append(Prediction(bool(len(best)) and int(best[0]) in gold,
                                       len(posts[i].tags), len(gold.intersection(best.tolist()))))
         if rest:
-            embs[rest] = self.tagger.embed_all([posts[i].tokens for i in rest])
+            embs[rest] = self.tagger.embed_all([posts[i].tokens for i in rest], bf16=bf16)
         return embs, out
 
     @property

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tagspace.batch import MAX_TOKENS, make_batch, special_ids
+from tagspace.batch import EMBED_BATCH, MAX_TOKENS, length_groups, make_batch, special_ids
 from tagspace.dataset import Post
 from tagspace.model import TagSpaceModel
 from tagspace.online_vocab import FREE_PREFIX
@@ -100,22 +100,32 @@ class Tagger:
             [self.word_ids(t) for t in token_lists], self.model.config, self.pad_id, self.unk_id
         )
 
-    @torch.no_grad()
     def embed_tokens(self, token_lists: Sequence[Sequence[str]]) -> torch.Tensor:
         """(P, d) post embeddings e_conv(w)."""
-        return self.model.embed_posts(*self._batch(token_lists))
+        return torch.from_numpy(self.embed_all(token_lists))
 
-    def embed_all(self, token_lists: Sequence[Sequence[str]], batch: int = 1024) -> np.ndarray:
-        """(P, d) embeddings of any number of posts, computed a batch at a time."""
-        parts = [self.embed_tokens(token_lists[i : i + batch]).numpy()
-                 for i in range(0, len(token_lists), batch)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.model.config.dim), np.float32)
+    @torch.no_grad()
+    def embed_all(self, token_lists: Sequence[Sequence[str]], batch: int = EMBED_BATCH,
+                  bf16: bool = False) -> np.ndarray:
+        """(P, d) embeddings of any number of posts, a batch of similar lengths at a time
+        (``length_groups``; a post's embedding does not depend on its batch beyond float
+        rounding). ``bf16``: the encoder under bfloat16 autocast, for CPUs with bf16 units
+        (cosine >= 0.999 to fp32 is checked by ``scripts/bench_encode.py``)."""
+        ids = [self.word_ids(t) for t in token_lists]
+        out = np.empty((len(ids), self.model.config.dim), np.float32)
+        for group in length_groups([len(x) for x in ids], batch):
+            padded, mask = make_batch([ids[i] for i in group], self.model.config, self.pad_id,
+                                      self.unk_id)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out[group] = self.model.embed_posts(padded, mask).float().numpy()
+        return out
 
     @torch.no_grad()
     def scores(self, posts: Sequence[Post]) -> np.ndarray:
         """(P, n_tags): f(w, t) for every post and tag."""
-        ids, mask = self._batch([p.tokens for p in posts])
-        scores = self.model.score_all(self.model.embed_posts(ids, mask), ids).numpy()
+        tokens = [p.tokens for p in posts]
+        ids = self._batch(tokens)[0] if self.model.config.word_tag_share else None
+        scores = self.model.score_all(self.embed_tokens(tokens), ids).numpy()
         active = self.tags.active_mask()
         if active is not None:
             scores[:, ~active] = -np.inf  # free rows of an online vocabulary are not tags
@@ -144,9 +154,8 @@ class Tagger:
     def score_active(self, token_lists: Sequence[Sequence[str]]) -> ActiveScores:
         """The serving path: f(w, t) for the tags in use only, (P, N), from the live weights;
         the same values as ``scores`` on those columns."""
-        ids, mask = self._batch(token_lists)
         model = self.model
-        emb = model.embed_posts(ids, mask)  # (P, d)
+        emb = self.embed_tokens(token_lists)  # (P, d)
         active = self.active_tags()
         table = model.tag_emb.detach()  # the live table: Hogwild writes it in place
         n, span = len(active.rows), active.span
@@ -159,7 +168,7 @@ class Tagger:
         out = scores.numpy()
         if model.config.word_tag_share:
             # f(w, t) += beta * [t in w], on the few tags spelled as one of the post's words
-            present = model.tags_in_posts(ids).numpy()  # (P, L), -1 where none
+            present = model.tags_in_posts(self._batch(token_lists)[0]).numpy()  # (P, L): -1 none
             beta = np.float32(model.copy_weight.item())
             for b in range(len(out)):
                 at = active.positions(np.unique(present[b][present[b] >= 0]))

@@ -136,7 +136,7 @@ def test_prequential_scoring_is_a_bounded_sample_per_second():
 
     asked: list[int] = []
 
-    def embed_and_evaluate(posts, evaluate):  # type: ignore[no-untyped-def]
+    def embed_and_evaluate(posts, evaluate, bf16=False):  # type: ignore[no-untyped-def]
         asked.append(evaluate)
         n = min(evaluate, sum(1 for p in posts if p.tags))
         return np.zeros((len(posts), 4), np.float32), [Prediction(True, 1, 1)] * n
