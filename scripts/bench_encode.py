@@ -6,7 +6,8 @@ One torch thread (as the daemon's ingest loop), real tweets (howyoutagtweets val
 train.csv), a `tagspace train` model. Reports posts/s per way (best of --repeats), the largest
 fp32 difference of length-grouped batches to arrival order, and the cosine of bf16 embeddings to
 fp32 (min and mean; the bar is >= 0.999) and how many of each post's 20 nearest posts they
-keep (recall@20 against fp32: the feed's max-cosine ranking, one history post). Output: <out>/<name>.json.
+keep (recall@20 against fp32: the feed's max-cosine ranking, one history post).
+Output: <out>/<name>.json.
 
 examples:
   .venv/bin/python scripts/bench_encode.py --model runs/hyt64
