@@ -5,15 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
-import redis
-
-from daemon.config import Settings
-from daemon.ingest import Ingestor
-from daemon.metrics import Metrics, RollingRate
+from daemon.metrics import RollingRate
 from daemon.model_hub import ModelHub
-from daemon.store import WriteResult
 from tagspace.checkpoint import Checkpoint, save_checkpoint
 from tagspace.hogwild import TrainConfig
 from tagspace.model import ModelConfig
@@ -45,50 +39,6 @@ def test_model_hub_loads_a_tagspace_train_output(tmp_path):
     hub = ModelHub(tmp_path / "trained", Capacity(words=80, tags=20), TRAIN, SMALL)
     assert (hub.source, hub.version) == ("trained", 1)
     assert hub.online.tags.get("breakfast") is not None and len(hub.online.tags) == 20
-
-
-class FlakyStore:
-    """Refuses the first write (Redis down), then takes it."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.calls, self.metrics = 0, metrics
-        self.paused_at_call: list[float] = []
-
-    def write(self, posts, version, interactions, write_id=""):  # type: ignore[no-untyped-def]
-        self.calls += 1
-        self.paused_at_call.append(self.metrics.paused._value.get())
-        if self.calls == 1:
-            raise redis.ConnectionError("down")
-        return WriteResult([True] * len(posts), [True] * len(interactions))
-
-
-def test_ingestion_waits_for_redis_only_and_says_so_in_the_paused_gauge():
-    import threading
-
-    metrics = Metrics()
-    store = FlakyStore(metrics)
-    ingestor = Ingestor(Settings(), store=store, hub=None, trainer=None,  # type: ignore[arg-type]
-                        metrics=metrics)
-    result = ingestor._write_with_retry([], 1, [], threading.Event())
-    assert result is not None and store.calls == 2
-    assert store.paused_at_call == [0.0, 1.0]  # paused while Redis refused the batch...
-    assert metrics.paused._value.get() == 0  # ...and no longer once it took the batch
-    assert not hasattr(ingestor, "_backpressure")  # a full training queue never pauses it
-
-
-def test_a_failed_vocabulary_update_counts_its_tagged_posts_and_never_raises():
-    def observe(post, clock):
-        raise RuntimeError("boom")
-
-    hub = SimpleNamespace(online=SimpleNamespace(observe=observe))
-    metrics = Metrics()
-    ingestor = Ingestor(Settings(), store=None, hub=hub, trainer=SimpleNamespace(),  # type: ignore[arg-type]
-                        metrics=metrics)
-    ingestor._learn([post(1, "maple syrup", ["breakfast"]), post(2, "no tags", []),
-                     post(3, "pancakes", ["breakfast"])])
-    skipped = metrics.registry.get_sample_value("tagspace_training_posts_skipped_total",
-                                                {"reason": "error"})
-    assert skipped == 2
 
 
 def test_rolling_rate_forgets_old_values():
@@ -126,27 +76,3 @@ def test_a_serving_replica_loads_the_versions_a_trainer_publishes(tmp_path):
     assert replica.reload_if_newer() is True and replica.version == trainer.version == 2
     assert replica.online.tags.get("breakfast") is not None
     assert replica.reload_if_newer() is False  # already current
-
-
-def test_prequential_scoring_is_a_bounded_sample_per_second():
-    import numpy as np
-
-    from daemon import ingest as ingest_module
-    from tagspace.online import Prediction
-
-    asked: list[int] = []
-
-    def embed_and_evaluate(posts, evaluate, bf16=False):  # type: ignore[no-untyped-def]
-        asked.append(evaluate)
-        n = min(evaluate, sum(1 for p in posts if p.tags))
-        return np.zeros((len(posts), 4), np.float32), [Prediction(True, 1, 1)] * n
-
-    online = SimpleNamespace(embed_and_evaluate=embed_and_evaluate,
-                             model=SimpleNamespace(config=SimpleNamespace(dim=4)))
-    ingestor = Ingestor(Settings(), store=None, hub=SimpleNamespace(online=online),  # type: ignore[arg-type]
-                        trainer=SimpleNamespace(), metrics=Metrics())  # type: ignore[arg-type]
-    batch = [post(i, "maple syrup", ["breakfast"]) for i in range(100)]
-    for _ in range(5):  # back to back: the first batch takes the burst, then only the refill
-        ingestor._embed(batch)
-    assert asked[0] == ingest_module.EVAL_PER_BATCH
-    assert sum(asked[1:]) <= 4  # 5 calls within well under a second at 20 posts/s
