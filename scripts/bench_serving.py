@@ -126,8 +126,11 @@ def child_stream(spec_path: str) -> None:
 CLK = os.sysconf("SC_CLK_TCK")
 
 
-def process_table() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, user+sys CPU seconds) of every process."""
+SCHED_IDLE = 5
+
+
+def process_table() -> dict[int, tuple[int, float, int]]:
+    """pid -> (parent pid, user+sys CPU seconds, scheduling policy) of every process."""
     out = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -136,7 +139,8 @@ def process_table() -> dict[int, tuple[int, float]]:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:  # gone meanwhile
                 continue
-            out[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK)
+            out[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK,
+                              int(fields[38]))
     return out
 
 
@@ -144,16 +148,26 @@ def cpu_snapshot(components: dict[str, int]) -> dict[str, float]:
     """CPU seconds so far of each component's process tree, and of the whole machine."""
     table = process_table()
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
+    for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
-    out = {}
-    for name, root in components.items():
+
+    def tree(root: int) -> float:
         todo, total = [root], 0.0
         while todo:
             pid = todo.pop()
-            total += table.get(pid, (0, 0.0))[1]
+            total += table.get(pid, (0, 0.0, 0))[1]
             todo += children.get(pid, [])
-        out[name] = total
+        return total
+
+    out = {name: tree(root) for name, root in components.items()}
+    if "daemon" in components:  # its parts: its own process, the trainer (SCHED_IDLE), servers
+        root = components["daemon"]
+        parts = {"daemon:process": table.get(root, (0, 0.0, 0))[1], "daemon:trainer": 0.0,
+                 "daemon:serving": 0.0}
+        for child in children.get(root, []):
+            part = "trainer" if table[child][2] == SCHED_IDLE else "serving"
+            parts[f"daemon:{part}"] += tree(child)  # (the resource tracker: ~0, with serving)
+        out.update(parts)
     with open("/proc/stat") as f:
         ticks = [int(x) for x in f.readline().split()[1:]]
     out["machine"] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK  # all but idle and iowait
@@ -162,7 +176,8 @@ def cpu_snapshot(components: dict[str, int]) -> dict[str, float]:
 
 def cpu_per_s(a: dict[str, float], b: dict[str, float], seconds: float) -> dict[str, float]:
     out = {k: round((b[k] - a[k]) / seconds, 3) for k in a}
-    out["other"] = round(out["machine"] - sum(v for k, v in out.items() if k != "machine"), 3)
+    out["other"] = round(out["machine"] - sum(v for k, v in out.items()
+                                              if k != "machine" and ":" not in k), 3)
     return out
 
 
@@ -537,7 +552,8 @@ def _line(name: str, p: dict) -> str:
             f"{r['suggest']['errors']} errors | feed p50 {r['feed']['p50_ms']:8.1f} "
             f"p99 {r['feed']['p99_ms']:8.1f} max {r['feed']['max_ms']:8.1f} ms, "
             f"{r['feed']['errors']} errors | cores: generator {cpu['generator']:.2f}, daemon "
-            f"{cpu['daemon']:.2f}, other {cpu['other']:.2f}"
+            f"{cpu['daemon']:.2f} (serving {cpu.get('daemon:serving', 0):.2f}, trainer "
+            f"{cpu.get('daemon:trainer', 0):.2f}), other {cpu['other']:.2f}"
             + ("" if p["within_budget"] else " | over budget"))
 
 
