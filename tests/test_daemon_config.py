@@ -331,3 +331,9 @@ def test_every_field_has_a_flag_with_help() -> None:
         assert f.metadata["help"]
         assert "--" + f.name.replace("_", "-") in text
         assert ENV_PREFIX + f.name.upper() in text
+
+
+def test_ingest_bf16_takes_its_three_choices_only() -> None:
+    assert load(TAGSPACE_INGEST_BF16="off").ingest_bf16 == "off"
+    message = config_error(TAGSPACE_INGEST_BF16="fast")
+    assert "ingest_bf16" in message and "auto, on, off" in message
