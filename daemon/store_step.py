@@ -40,10 +40,8 @@ class StoreBatch(Stage):
     def apply(self, batch: Batch) -> None:
         if not self.retry.due():
             raise MessageRejected
-        posts = [p for p, _ in batch.posts]
-        embeddings = batch.embeddings if batch.embeddings is not None else \
-            np.zeros((len(posts), 0), np.float32)
-        items = list(zip(posts, embeddings, strict=True))
+        assert batch.embeddings is not None, "the embed step comes before the store"
+        items = list(zip([p for p, _ in batch.posts], batch.embeddings, strict=True))
         try:
             result = self._write(items, batch)
         except DOWN as e:  # never a refusal: _write_each takes those record by record
@@ -82,9 +80,9 @@ class StoreBatch(Stage):
                    interactions: Sequence[Interaction], batch: Batch) -> bool:
         try:
             result = self.store.write(items, batch.version, interactions, batch.write_id)
-        except DOWN as e:
-            if isinstance(e, REFUSED):
-                return self._skip(items, interactions, e)
+        except REFUSED as e:
+            return self._skip(items, interactions, e)
+        except DOWN:
             raise  # the whole batch again, later: the records written so far count as new
         except Exception as e:  # this record is the culprit: counted and logged, not retried
             return self._skip(items, interactions, e)

@@ -104,14 +104,18 @@ class Tagger:
         """(P, d) post embeddings e_conv(w)."""
         return torch.from_numpy(self.embed_all(token_lists))
 
-    @torch.no_grad()
     def embed_all(self, token_lists: Sequence[Sequence[str]], batch: int = EMBED_BATCH,
                   bf16: bool = False) -> np.ndarray:
-        """(P, d) embeddings of any number of posts, a batch of similar lengths at a time
+        """(P, d) embeddings of any number of posts (``embed_ids``)."""
+        return self.embed_ids([self.word_ids(t) for t in token_lists], batch, bf16)
+
+    @torch.no_grad()
+    def embed_ids(self, ids: Sequence[np.ndarray], batch: int = EMBED_BATCH,
+                  bf16: bool = False) -> np.ndarray:
+        """(P, d) embeddings of posts given as word ids, a batch of similar lengths at a time
         (``length_groups``; a post's embedding does not depend on its batch beyond float
         rounding). ``bf16``: the encoder under bfloat16 autocast, for CPUs with bf16 units
         (cosine >= 0.999 to fp32 is checked by ``scripts/bench_encode.py``)."""
-        ids = [self.word_ids(t) for t in token_lists]
         out = np.empty((len(ids), self.model.config.dim), np.float32)
         for group in length_groups([len(x) for x in ids], batch):
             padded, mask = make_batch([ids[i] for i in group], self.model.config, self.pad_id,
@@ -123,9 +127,11 @@ class Tagger:
     @torch.no_grad()
     def scores(self, posts: Sequence[Post]) -> np.ndarray:
         """(P, n_tags): f(w, t) for every post and tag."""
-        tokens = [p.tokens for p in posts]
-        ids = self._batch(tokens)[0] if self.model.config.word_tag_share else None
-        scores = self.model.score_all(self.embed_tokens(tokens), ids).numpy()
+        ids = [self.word_ids(p.tokens) for p in posts]  # once: the bonus needs them too
+        config = self.model.config
+        padded = make_batch(ids, config, self.pad_id, self.unk_id)[0] \
+            if config.word_tag_share else None
+        scores = self.model.score_all(torch.from_numpy(self.embed_ids(ids)), padded).numpy()
         active = self.tags.active_mask()
         if active is not None:
             scores[:, ~active] = -np.inf  # free rows of an online vocabulary are not tags
@@ -155,7 +161,8 @@ class Tagger:
         """The serving path: f(w, t) for the tags in use only, (P, N), from the live weights;
         the same values as ``scores`` on those columns."""
         model = self.model
-        emb = self.embed_tokens(token_lists)  # (P, d)
+        ids = [self.word_ids(t) for t in token_lists]  # once: the bonus needs them too
+        emb = torch.from_numpy(self.embed_ids(ids))  # (P, d)
         active = self.active_tags()
         table = model.tag_emb.detach()  # the live table: Hogwild writes it in place
         n, span = len(active.rows), active.span
@@ -168,10 +175,10 @@ class Tagger:
         out = scores.numpy()
         if model.config.word_tag_share:
             # f(w, t) += beta * [t in w], on the few tags spelled as one of the post's words
-            present = model.tags_in_posts(self._batch(token_lists)[0]).numpy()  # (P, L): -1 none
             beta = np.float32(model.copy_weight.item())
-            for b in range(len(out)):
-                at = active.positions(np.unique(present[b][present[b] >= 0]))
+            for b, post_ids in enumerate(ids):
+                present = model.tags_in_posts(torch.from_numpy(post_ids)).numpy()  # -1: none
+                at = active.positions(np.unique(present[present >= 0]))
                 out[b, at[at >= 0]] += beta
         return ActiveScores(active, out, emb.numpy())
 
