@@ -116,7 +116,7 @@ class Settings:
                                       "model")
     keep_checkpoints: int = _s(3, "checkpoints kept on disk", "model")
     ingest_bf16: str = _s("auto", "embed ingested posts with the encoder under bfloat16: auto "
-                          "(where the CPU has bf16 units), on, or off (fp32). 2.3x the fp32 "
+                          "(where the CPU has bf16 units), on, or off (fp32). About 2x the fp32 "
                           "encode here, the larger part of ingestion; embeddings at cosine "
                           ">= 0.99998 to fp32, 97.6% of each post's 20 nearest posts kept "
                           "(scripts/bench_encode.py)", "model")
