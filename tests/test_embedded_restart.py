@@ -1,0 +1,136 @@
+"""A restart of the embedded default (`tagspace daemon --embedded`): SIGTERM mid-stream, with a
+backlog in the memory broker and producers still sending, then the same command again. Every
+record the broker acknowledged is applied exactly once (daemon.broker_spill)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from daemon.config import Settings
+from daemon.embedded import free_port
+from tests.streams import cooking_records, wait_until
+from tests.test_daemon_process import EMBEDDED_FLAGS, TAGSPACE, embedded_env
+
+pytestmark = pytest.mark.integration
+
+
+class AckedProducer(threading.Thread):
+    """Sends posts at a rate until stopped or out of posts; keeps the ids the broker
+    acknowledged (a send that fails or is never answered is not acknowledged)."""
+
+    def __init__(self, broker: str, topic: str, posts: list[dict], rate: float):
+        super().__init__(daemon=True)
+        self.broker, self.topic, self.posts, self.rate = broker, topic, posts, rate
+        self.acked: set[str] = set()
+        self.failed = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        p = KafkaProducer(bootstrap_servers=self.broker, acks="all", enable_idempotence=False,
+                          retries=0, linger_ms=5, request_timeout_ms=3000, max_block_ms=1000)
+        start = time.perf_counter()
+        for i, post in enumerate(self.posts):
+            if self.stop.is_set():
+                break
+            delay = start + i / self.rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                future = p.send(self.topic, json.dumps(post).encode(),
+                                key=post["post_id"].encode())
+            except KafkaError:
+                self.failed += 1
+                continue
+            future.add_callback(lambda _, pid=post["post_id"]: self.acked.add(pid))
+            future.add_errback(lambda _: setattr(self, "failed", self.failed + 1))
+        try:
+            p.flush(timeout=5)
+        except KafkaError:
+            pass
+        p.close(timeout=5)
+
+
+def start_embedded(argv: list[str], env: dict[str, str], http: str,
+                   log: Path) -> subprocess.Popen:
+    process = subprocess.Popen(argv, stdout=open(log, "ab"),  # noqa: SIM115
+                               stderr=subprocess.STDOUT, env=env)
+
+    def up() -> bool:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            return httpx.get(f"http://{http}/livez", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+    wait_until(up, 90, "the embedded daemon's HTTP API")
+    return process
+
+
+def test_sigterm_mid_stream_then_restart_applies_every_acknowledged_post_exactly_once(
+        tmp_path):
+    kafka, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    env = embedded_env(TAGSPACE_KAFKA_BOOTSTRAP=kafka, TAGSPACE_REDIS_URL=redis_url)
+    argv = [str(TAGSPACE), "daemon", *EMBEDDED_FLAGS, "--model-dir", str(tmp_path / "model"),
+            "--http-addr", http]
+    defaults, log = Settings(), tmp_path / "daemon.log"
+    p = defaults.redis_prefix
+    posts = cooking_records(12_000)
+    by_id = {post["post_id"]: post for post in posts}
+    process = start_embedded(argv, env, http, log)
+    assert "keeps its topics in memory" in log.read_text()  # said loudly at start-up
+    r = redis.Redis.from_url(redis_url)
+    producer = AckedProducer(kafka, defaults.posts_topic, posts, rate=3000)
+    producer.start()
+    try:
+        wait_until(lambda: r.zcard(f"{p}:recent") > 500, 60, "consuming under way")
+        time.sleep(1.5)  # a backlog builds: the producer outruns the daemon
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(15)
+        took = time.monotonic() - sent
+        producer.stop.set()
+        producer.join(30)
+        text = log.read_text()
+        assert code == 0, text[-3000:]
+        assert took < 10.0, took
+        assert "kept" in text and "held" in text, text[-3000:]  # a backlog was spilled
+        assert "are lost" not in text, text[-3000:]
+        acked = set(producer.acked)
+        assert len(acked) > 2000, (len(acked), producer.failed)
+        print(f"acknowledged {len(acked)}, not acknowledged {producer.failed}, "
+              f"SIGTERM exit {took:.1f} s")
+
+        process = start_embedded(argv, env, http, log)
+        r = redis.Redis.from_url(redis_url)
+
+        def stored() -> set[str]:
+            return {k.decode()[len(p) + 6:] for k in r.scan_iter(match=f"{p}:post:*",
+                                                                   count=5000)}
+        wait_until(lambda: acked <= stored(), 90, "every acknowledged post stored", every=1.0)
+        time.sleep(2.0)  # anything applied twice would land now
+        have = stored()
+        tags = Counter(t for pid in have for t in by_id[pid]["tags"])
+        counted = {k.decode(): int(v) for k, v in r.hgetall(f"{p}:tags").items()}
+        assert counted == dict(tags)  # each post counted once, across the restart
+        assert r.zcard(f"{p}:recent") == len(have)
+    finally:
+        producer.stop.set()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
