@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ from tagspace.text import extract_hashtags, normalize_tag, tokenize
 FORMATS = ("auto", "jsonl", "fasttext", "hyt")
 MAX_LINE_BYTES = 64 * 1024  # a post is short; a longer line is junk, not a post
 MAX_TAGS = 64
+MAX_TAG_CHARS = 100  # after normalisation; a longer "tag" is a sentence or junk
 _FASTTEXT_LABEL = "__label__"
 
 
@@ -147,14 +148,22 @@ class _BadRecord(ValueError):
     """A line that is not a valid record; the message is the counted reason."""
 
 
-def _clean_tags(tags: list[str], error: type[ValueError] = _BadRecord) -> tuple[str, ...]:
+def _clean_tags(tags: Sequence[str], error: type[ValueError] = _BadRecord) -> tuple[str, ...]:
+    """Normalised distinct tags, checked as ids are (a record's ``tags`` list and the
+    hashtags of its text alike): at most ``MAX_TAGS``, each at most ``MAX_TAG_CHARS``, no
+    control characters or whitespace inside; empty ones (a lone ``#``) are left out."""
     if len(tags) > MAX_TAGS:
         raise error("too_many_tags")
     seen: dict[str, None] = {}
     for tag in tags:
         normal = normalize_tag(tag)
-        if normal and not any(c.isspace() for c in normal):
-            seen.setdefault(normal, None)
+        if not normal:
+            continue
+        if not normal.isprintable() or any(c.isspace() for c in normal):  # NUL, CR/LF...
+            raise error("invalid_tag_characters")
+        if len(normal) > MAX_TAG_CHARS:
+            raise error("oversize_tag")
+        seen.setdefault(normal, None)
     return tuple(seen)
 
 
@@ -195,8 +204,8 @@ def post_from_record(record: object, default_ts: float | None, error: type[Value
             raise error(f"missing_or_invalid_{key}")
     text = record["text"]
     tags = record.get("tags")
-    if tags is None:
-        labels = extract_hashtags(text)
+    if tags is None:  # the text's hashtags, held to the same rules as a list
+        labels = _clean_tags(extract_hashtags(text), error)
     elif isinstance(tags, list) and all(isinstance(t, str) for t in tags):
         labels = _clean_tags(tags, error)
     else:

@@ -1,6 +1,6 @@
 """Text processing for raw social posts: hashtags out as labels, the rest as model tokens.
 
-Normalisation, in order: Unicode NFC, invisible characters (zero-width joiners, variation
+Normalisation, in order: Unicode NFC (NFKC for hashtag labels), invisible characters (zero-width joiners, variation
 selectors) removed, URLs -> ``<url>``, @mentions -> ``<user>``, hashtags
 extracted as labels and removed, case folding, numbers -> ``<num>``, punctuation and each emoji
 split into tokens of their own. Already-tokenised corpora (howyoutagtweets) pass through unchanged
@@ -41,8 +41,11 @@ def _visible(text: str) -> str:
 
 
 def normalize_tag(tag: str) -> str:
-    """A label as the model stores it: NFC, case-folded, without a leading '#', trimmed."""
-    return _visible(tag).strip().lstrip("#").casefold()
+    """A label as the model stores it, whether it came from a ``tags`` list or a ``#hashtag``
+    of the text: NFKC (full-width and compatibility forms fold to one tag), without invisible
+    characters, trimmed, without a leading '#', case-folded (Unicode's lowercase for
+    matching)."""
+    return unicodedata.normalize("NFKC", _visible(tag)).strip().lstrip("#").casefold()
 
 
 def extract_hashtags(text: str) -> tuple[str, ...]:

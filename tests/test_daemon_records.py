@@ -147,6 +147,18 @@ POST_CASES = [
                  id="10000-tags"),
     pytest.param(post_value(tags=[f"t{i}" for i in range(65)]), "too_many_tags",
                  id="65-tags"),
+    pytest.param(post_value(text=" ".join(f"#{i:x}" for i in range(936)), tags=...),
+                 "too_many_tags", id="936-hashtags-in-text"),
+    pytest.param(post_value(text="x " + " ".join(f"#t{i}" for i in range(65)), tags=None),
+                 "too_many_tags", id="65-hashtags-in-text-null-tags"),
+    pytest.param(post_value(tags=["nyc", "a\x00b"]), "invalid_tag_characters", id="nul-in-tag"),
+    pytest.param(post_value(tags=["new\nyork"]), "invalid_tag_characters", id="newline-in-tag"),
+    pytest.param(post_value(tags=["\x1b[31mred"]), "invalid_tag_characters",
+                 id="ansi-escape-tag"),
+    pytest.param(post_value(tags=["ice cream"]), "invalid_tag_characters", id="space-in-tag"),
+    pytest.param(post_value(tags=["t" * 101]), "oversize_tag", id="101-char-tag"),
+    pytest.param(post_value(text="so #" + "t" * 101, tags=...), "oversize_tag",
+                 id="101-char-hashtag-in-text"),
     # ts
     pytest.param(post_value(ts=-1), "invalid_ts", id="negative-ts"),
     pytest.param(post_value(ts=-0.001), "invalid_ts", id="slightly-negative-ts"),
@@ -330,6 +342,25 @@ def test_given_tags_are_normalised_and_deduplicated() -> None:
                        ARRIVAL, MAX_BYTES, MAX_TEXT)
     assert post.tags == ("nyc", "snow")
     assert post.tokens == ("no", "hashtags", "here")
+
+
+def test_list_tags_and_text_hashtags_are_normalised_alike_nfkc_and_lowercase() -> None:
+    given = decode_post(post_value(text="x", tags=["\uff2e\uff39\uff23", "Caf\u00e9"]),
+                        ARRIVAL, MAX_BYTES, MAX_TEXT)
+    extracted = decode_post(post_value(text="x #\uff2e\uff39\uff23 #Cafe\u0301", tags=...),
+                            ARRIVAL, MAX_BYTES, MAX_TEXT)
+    assert given.tags == extracted.tags == ("nyc", "caf\u00e9")  # full-width; combining accent
+
+
+def test_tags_at_the_caps_are_accepted() -> None:
+    text = " ".join(f"#t{i}" for i in range(64)) + " #" + "t" * 100
+    with pytest.raises(InvalidRecord, match="too_many_tags"):  # 65 distinct hashtags
+        decode_post(post_value(text=text, tags=...), ARRIVAL, MAX_BYTES, MAX_TEXT)
+    post = decode_post(post_value(text=" ".join(f"#T{i} #t{i}" for i in range(64)), tags=...),
+                       ARRIVAL, MAX_BYTES, MAX_TEXT)
+    assert len(post.tags) == 64  # "T1" and "t1" are one tag
+    long = decode_post(post_value(tags=["t" * 100]), ARRIVAL, MAX_BYTES, MAX_TEXT)
+    assert long.tags == ("t" * 100,)
 
 
 def test_given_tags_override_the_text_hashtags_which_still_leave_the_tokens() -> None:
