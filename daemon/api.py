@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from urllib.parse import unquote_to_bytes
 
 import anyio.to_thread
 import orjson
@@ -27,9 +29,10 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.hot_routes import (
@@ -40,6 +43,9 @@ from daemon.hot_routes import (
     replay_message,
     suggest_answer,
 )
+from daemon.records import printable
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from daemon.config import Settings
@@ -82,12 +88,29 @@ class Backend(Protocol):
 
 
 
+def _printable_id(value: str) -> str:
+    if not printable(value):
+        raise ValueError("control characters (NUL, CR/LF...) are not allowed in ids")
+    return value
+
+
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic would read true as 1
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+# An id as the Kafka path takes it (daemon.records); invalid UTF-8 is refused by the Gate.
+Id = Annotated[str, AfterValidator(_printable_id)]
+
+
 class SuggestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(max_length=MAX_TEXT_CHARS, description="the post's text")
-    k: int = Field(10, ge=1, le=1000, description="how many tags (at most max_k)")
-    user_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS,
-                                description="the author: their hashtag history personalizes")
+    k: Annotated[int, BeforeValidator(_not_a_bool)] = Field(
+        10, ge=1, le=1000, description="how many tags (at most max_k)")
+    user_id: Id | None = Field(None, min_length=1, max_length=MAX_ID_CHARS,
+                               description="the author: their hashtag history personalizes")
 
 
 class TagScore(BaseModel):
@@ -162,6 +185,8 @@ class Gate:
             elif not hmac.compare_digest(given.encode(), f"Bearer {s.api_token}".encode()):
                 refusal = JSONBytes({"error": "missing or wrong bearer token"},
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        if refusal is None and not _utf8(scope.get("raw_path") or path.encode()):
+            refusal = _error(422, "path: not valid UTF-8")
         length = headers.get("content-length")
         too_big = _error(413, f"request body over {s.max_body_bytes} bytes")
         if refusal is None and length is not None and \
@@ -173,7 +198,8 @@ class Gate:
             while more:
                 message = await receive()
                 if message["type"] != "http.request":
-                    return  # the client went away
+                    self._disconnected("unmatched")
+                    return
                 chunks.append(message.get("body", b""))
                 size += len(chunks[-1])
                 if size > s.max_body_bytes:
@@ -190,7 +216,7 @@ class Gate:
             # `curl -d '{...}'` says form-urlencoded: the body is read as JSON all the same
             scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + \
                 [(b"content-type", b"application/json")]
-        status = 500
+        status, body_complete, hung_up = 500, False, False
 
         async def send_seen(message: Message) -> None:
             nonlocal status
@@ -198,13 +224,40 @@ class Gate:
                 status = message["status"]
             await send(message)
 
+        async def receive_seen() -> Message:
+            nonlocal body_complete, hung_up
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_complete = True
+            elif message["type"] == "http.disconnect" and not body_complete:
+                hung_up = True  # FastAPI answers that with a 400 no one reads
+            return message
+
         start = time.perf_counter()
         try:
-            await self.app(scope, receive, send_seen)
+            await self.app(scope, receive_seen, send_seen)
+        except ClientDisconnect:
+            hung_up = True
         finally:
             name = getattr(scope.get("route"), "path", "unmatched")
+            if hung_up:  # nothing to answer, nothing wrong here: counted, not an error
+                status = 499  # nginx's "client closed request"
+                self._disconnected(name)
             self.daemon.metrics.api_latency.labels(name, str(status)).observe(
                 time.perf_counter() - start)
+
+    def _disconnected(self, route: str) -> None:
+        log.debug("client disconnected before its request body was complete (%s)", route)
+        self.daemon.metrics.api_disconnects.inc()
+
+
+def _utf8(raw_path: bytes) -> bool:
+    """The path's percent-decoded bytes are UTF-8 (Starlette would replace the rest)."""
+    try:
+        unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def create_app(daemon: Backend) -> FastAPI:
@@ -252,26 +305,29 @@ def create_app(daemon: Backend) -> FastAPI:
     def suggest(body: SuggestRequest) -> Response:
         return JSONBytes(suggest_answer(daemon, body.text, k_checked(body.k), body.user_id))
 
-    @app.get("/v1/feed/{user_id}", response_model=FeedResponse)
-    def feed(user_id: str = Path(max_length=MAX_ID_CHARS),
+    def get(path: str, **kwargs: Any) -> Callable[[Any], Any]:
+        return app.api_route(path, methods=["GET", "HEAD"], **kwargs)  # HEAD: probes, curl -I
+
+    @get("/v1/feed/{user_id}", response_model=FeedResponse)
+    def feed(user_id: Annotated[Id, Path(max_length=MAX_ID_CHARS)],
              k: int = Query(20, ge=1, le=1000)) -> Response:
         return JSONBytes(feed_answer(daemon, user_id, k_checked(k)))
 
-    @app.get("/v1/posts/{post_id}", response_model=PostResponse,
-             responses={404: {"model": ErrorResponse}})
-    def post(post_id: str = Path(max_length=MAX_ID_CHARS)) -> dict[str, Any]:
+    @get("/v1/posts/{post_id}", response_model=PostResponse,
+         responses={404: {"model": ErrorResponse}})
+    def post(post_id: Annotated[Id, Path(max_length=MAX_ID_CHARS)]) -> dict[str, Any]:
         stored = daemon.store.post(post_id)
         if stored is None:
             raise StarletteHTTPException(404, f"unknown post {post_id!r}")
         return {"post_id": stored.post_id, "user_id": stored.user_id, "ts": stored.ts,
                 "tags": stored.tags, "model_version": stored.version}
 
-    @app.get("/v1/users/{user_id}/history", response_model=HistoryResponse)
-    def history(user_id: str = Path(max_length=MAX_ID_CHARS),
+    @get("/v1/users/{user_id}/history", response_model=HistoryResponse)
+    def history(user_id: Annotated[Id, Path(max_length=MAX_ID_CHARS)],
                 limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
         return {"user_id": user_id, "post_ids": daemon.store.history(user_id, limit)}
 
-    @app.get("/metrics", include_in_schema=False)
+    @get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return Response(daemon.exposition(), media_type=CONTENT_TYPE_LATEST)
 
@@ -285,11 +341,11 @@ def create_app(daemon: Backend) -> FastAPI:
             return _error(500, "checkpoint failed: see the log")
         return {"model_version": daemon.hub.version}
 
-    @app.get("/livez")
+    @get("/livez")
     def livez() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    @get("/readyz", responses={503: {"model": ErrorResponse}})
     def readyz() -> Any:
         problems = daemon.readiness_problems()
         if problems:

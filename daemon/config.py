@@ -55,6 +55,10 @@ class Settings:
                               "core that serving may take")
     http_threads: int = _s(8, "threads that run the HTTP handlers (suggest, feed, ...): a few "
                            "per core; more only contend for the GIL")
+    request_timeout_s: float = _s(10.0, "a connection whose request (headers and body) has "
+                                  "not fully arrived this long after it opened, or after its "
+                                  "previous answer, is closed: slow or stalled clients cannot "
+                                  "hold sockets for ever")
     reload_interval_s: float = _s(5.0, "serve role: how often model_dir is checked for a new "
                                   "version")
     # Kafka

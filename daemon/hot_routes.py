@@ -32,7 +32,7 @@ import orjson
 import redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from daemon.records import MAX_ID_CHARS
+from daemon.records import MAX_ID_CHARS, printable
 
 if TYPE_CHECKING:
     from daemon.api import Backend
@@ -80,7 +80,8 @@ def plain_suggest(body: bytes, max_k: int) -> tuple[str, int, str | None] | None
     if type(k) is not int or not 1 <= k <= min(1000, max_k):
         return None
     if user_id is not None and (type(user_id) is not str or
-                                not 1 <= len(user_id) <= MAX_ID_CHARS):
+                                not 1 <= len(user_id) <= MAX_ID_CHARS or
+                                not printable(user_id)):
         return None
     return text, k, user_id
 
@@ -88,7 +89,8 @@ def plain_suggest(body: bytes, max_k: int) -> tuple[str, int, str | None] | None
 def plain_feed(path: str, query: bytes, max_k: int) -> tuple[str, int] | None:
     """(user_id, k) of a feed request that is plainly valid; None: FastAPI decides."""
     user_id = path[len(FEED_PREFIX):]
-    if not user_id or "/" in user_id or len(user_id) > MAX_ID_CHARS:
+    if not user_id or "/" in user_id or len(user_id) > MAX_ID_CHARS or \
+            not printable(user_id):
         return None
     k = 20
     if query:

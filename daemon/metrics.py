@@ -105,6 +105,13 @@ class Metrics:
                                     ["operation"], registry=r)
         self.api_latency = Histogram("tagspace_api_request_seconds", "HTTP API latency",
                                      ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.api_disconnects = Counter(
+            "tagspace_api_client_disconnects_total",
+            "Requests whose client hung up before its body was complete", registry=r)
+        self.api_timeouts = Counter(
+            "tagspace_api_requests_timed_out_total",
+            "Connections closed because a request did not fully arrive within "
+            "request_timeout_s", registry=r)
         self.feed_candidates = Gauge("tagspace_feed_candidates",
                                      "Posts the feeds rank (the newest recent_posts)", registry=r)
         self.ready = Gauge("tagspace_ready", "1 when Kafka, Redis and a model are available",

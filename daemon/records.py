@@ -62,13 +62,19 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")  # NaN / Infinity literals
 
 
+def printable(value: str) -> bool:
+    """An id's characters as every path takes them (Kafka records and the HTTP API): no
+    control characters (NUL, CR/LF, escapes) or line separators."""
+    return value.isprintable()
+
+
 def _check_id(record: dict, key: str, required: bool = True) -> None:
     value = record.get(key)
     if value is None and not required:
         return
     if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
         raise InvalidRecord(f"missing_or_invalid_{key}")
-    if not value.isprintable():  # control characters, NUL included
+    if not printable(value):
         raise InvalidRecord(f"invalid_{key}_characters")
 
 

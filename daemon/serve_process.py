@@ -406,14 +406,13 @@ def _child_main(parent: int, settings: Settings, spec: dict[str, Any], conn: Any
 
         from daemon.api import create_app
         from daemon.heap import freeze_heap
+        from daemon.http_server import server_config
 
         torch.set_num_threads(1)
         threadpool_limits(1)
         node = ServingNode(settings, link, spec)
         node.serving.candidates.refresh()  # a feed at the first request, not 0.5 s later
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(node), log_level="warning", access_log=False,
-            timeout_graceful_shutdown=2))
+        server = uvicorn.Server(server_config(create_app(node), settings, node.metrics))
     except Exception as e:
         logging.getLogger(__name__).exception("the serving process could not start")
         link.send("failed", f"{type(e).__name__}: {e}")

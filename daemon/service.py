@@ -30,6 +30,7 @@ from daemon.candidates import CandidateIndex
 from daemon.config import Settings, host_port
 from daemon.feed import FeedRanker
 from daemon.heap import freeze_heap
+from daemon.http_server import server_config
 from daemon.ingest import Ingestor
 from daemon.metrics import Exposition, Metrics, merge_families
 from daemon.model_hub import ModelDiverged, ModelHub, train_config
@@ -125,9 +126,8 @@ class Daemon:
     def _serve_here(self) -> None:
         host, port = host_port(self.settings.http_addr)
         assert self.app is not None
-        self._http = uvicorn.Server(uvicorn.Config(
-            self.app, host=host, port=port, log_level="warning", access_log=False,
-            timeout_graceful_shutdown=2))
+        self._http = uvicorn.Server(server_config(self.app, self.settings, self.metrics,
+                                                  host=host, port=port))
         thread = threading.Thread(target=self._http.run, name="http", daemon=True)
         thread.start()
         self._threads.append(thread)

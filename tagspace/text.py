@@ -1,10 +1,10 @@
 """Text processing for raw social posts: hashtags out as labels, the rest as model tokens.
 
-Normalisation, in order: Unicode NFC (NFKC for hashtag labels), invisible characters (zero-width joiners, variation
-selectors) removed, URLs -> ``<url>``, @mentions -> ``<user>``, hashtags
-extracted as labels and removed, case folding, numbers -> ``<num>``, punctuation and each emoji
-split into tokens of their own. Already-tokenised corpora (howyoutagtweets) pass through unchanged
-apart from case folding.
+Normalisation, in order: Unicode NFC (NFKC for hashtag labels), invisible characters
+(zero-width joiners, variation selectors) removed, URLs -> ``<url>``, @mentions -> ``<user>``,
+hashtags extracted as labels and removed, case folding, numbers -> ``<num>``, punctuation and
+each emoji split into tokens of their own. Already-tokenised corpora (howyoutagtweets) pass
+through unchanged apart from case folding.
 """
 
 from __future__ import annotations
