@@ -251,6 +251,27 @@ def test_feed_excludes_own_and_seen_posts_and_cold_starts(stream):
     assert history["post_ids"][:3] == d.store.history(user, 3)
 
 
+def test_a_like_before_its_post_is_kept_and_counts_once_the_post_arrives(stream):
+    d, base, s = stream["daemon"], stream["base"], stream["settings"]
+    user, late = f"early-{time.time()}", f"late-{time.time()}"
+    send(stream["broker"], s.interactions_topic,
+         [{"event_id": f"early-{late}", "user_id": user, "post_id": late, "kind": "like"}])
+    wait_until(lambda: d.store.history(user, 10) == [late], 20, "the like kept in the history")
+    assert d.store.post(late) is None  # not stored (yet): the like is kept all the same
+    before = httpx.get(f"{base}/v1/feed/{user}").json()
+    assert before["cold_start"] is True and len(before["items"]) == 20  # no embedding to use
+    assert d.store.popularity_of(late) == 1.0
+
+    text = stream["posts"][20]["text"]
+    send(stream["broker"], s.posts_topic, [{"post_id": late, "user_id": "someone", "text": text,
+                                            "tags": stream["posts"][20]["tags"]}])
+    wait_until(lambda: d.store.post(late) is not None, 20, "the post, later")
+    after = httpx.get(f"{base}/v1/feed/{user}").json()
+    assert after["cold_start"] is False  # the history post now has its embedding
+    assert late not in {i["post_id"] for i in after["items"]}  # liked: never shown back
+    assert d.store.popularity_of(late) == 1.0  # the like counted once
+
+
 def test_posts_health_openapi(stream):
     base, post = stream["base"], stream["posts"][3]
     r = httpx.get(f"{base}/v1/posts/{post['post_id']}")
