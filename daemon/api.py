@@ -306,7 +306,12 @@ def create_app(daemon: Backend) -> FastAPI:
         return JSONBytes(suggest_answer(daemon, body.text, k_checked(body.k), body.user_id))
 
     def get(path: str, **kwargs: Any) -> Callable[[Any], Any]:
-        return app.api_route(path, methods=["GET", "HEAD"], **kwargs)  # HEAD: probes, curl -I
+        """A GET route that answers HEAD too (probes, ``curl -I``); HEAD stays out of the
+        OpenAPI document, where it would repeat the GET operation's id."""
+        def register(route: Any) -> Any:
+            app.api_route(path, methods=["HEAD"], include_in_schema=False)(route)
+            return app.get(path, **kwargs)(route)
+        return register
 
     @get("/v1/feed/{user_id}", response_model=FeedResponse)
     def feed(user_id: Annotated[Id, Path(max_length=MAX_ID_CHARS)],

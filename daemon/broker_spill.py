@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
 PATTERN = "broker-spill-*.jsonl"
 
 
@@ -39,7 +37,7 @@ class SpillSource:
 @dataclass(frozen=True)
 class SpillResult:
     records: int  # written to the file
-    left: int  # held by the broker and not read before the time ran out: lost
+    left: int  # held by the broker and not read before the time ran out (at least): lost
     path: Path | None
 
 
