@@ -20,11 +20,12 @@ import base64
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 PATTERN = "broker-spill-*.jsonl"
+QUIET_POLLS = 3
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,18 @@ def _unb64(text: str | None) -> bytes | None:
     return None if text is None else base64.b64decode(text)
 
 
-def spill(bootstrap: str, source: SpillSource, directory: Path, timeout: float) -> SpillResult:
+def spill(bootstrap: str, source: SpillSource, directory: Path, timeout: float,
+          stop_broker: Callable[[], None] = lambda: None) -> SpillResult:
     """Read what the broker holds for ``source`` into a new file in ``directory``, for at
-    most ``timeout`` seconds: until every partition's position reaches its high watermark."""
+    most ``timeout`` seconds: until every partition's position reaches its high watermark.
+    ``stop_broker`` runs the moment the read is done (before the file is written), so the
+    broker acknowledges as little as possible that was not read."""
     from kafka import KafkaConsumer, TopicPartition
 
     deadline = time.monotonic() + timeout
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=source.group,
                              enable_auto_commit=False, client_id="tagspace-spill",
-                             fetch_max_wait_ms=20, max_poll_records=5000)
+                             fetch_max_wait_ms=5, max_poll_records=5000)
     lines: list[str] = []
     try:
         partitions = {t: sorted(consumer.partitions_for_topic(t) or ())
@@ -72,6 +76,7 @@ def spill(bootstrap: str, source: SpillSource, directory: Path, timeout: float) 
                 consumer.seek(tp, committed)
         left = _read_to_high_watermarks(consumer, tps, lines, deadline)
     finally:
+        stop_broker()
         consumer.close(autocommit=False)
     path = _write(directory, lines) if lines else None
     return SpillResult(len(lines), left, path)
@@ -79,9 +84,15 @@ def spill(bootstrap: str, source: SpillSource, directory: Path, timeout: float) 
 
 def _read_to_high_watermarks(consumer, tps: list, lines: list[str],  # type: ignore[no-untyped-def]
                              deadline: float) -> int:
-    """Poll into ``lines`` until caught up; the records still unread when time runs out."""
+    """Poll into ``lines`` until caught up; the records still unread when time runs out.
+
+    A fetch answer's high watermark is the log's end when the broker answered, so a record
+    acknowledged since is not in it: caught up counts only after ``QUIET_POLLS`` polls in a
+    row brought nothing and left every partition at its high watermark."""
+    quiet = 0
     while True:
-        for tp, records in consumer.poll(timeout_ms=50).items():
+        polled = consumer.poll(timeout_ms=50)
+        for tp, records in polled.items():
             lines.extend(json.dumps({
                 "topic": tp.topic, "partition": tp.partition, "offset": r.offset,
                 "ts": r.timestamp, "key": _b64(r.key), "value": _b64(r.value),
@@ -94,7 +105,8 @@ def _read_to_high_watermarks(consumer, tps: list, lines: list[str],  # type: ign
                 behind += 1
                 continue
             behind += max(0, high - consumer.position(tp))
-        if behind == 0 or time.monotonic() >= deadline:
+        quiet = quiet + 1 if behind == 0 and not polled else 0
+        if quiet >= QUIET_POLLS or time.monotonic() >= deadline:
             return behind
 
 

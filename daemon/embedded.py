@@ -377,10 +377,9 @@ class EmbeddedStack:
         from daemon.broker_spill import spill
 
         try:
-            result = spill(self.bootstrap, source, self.workdir, timeout)
+            return spill(self.bootstrap, source, self.workdir, timeout, self.kafka.kill)
         finally:
-            self.kafka.kill()
-        return result
+            self.kafka.kill()  # also when the read failed (a second kill does nothing)
 
     def stop(self) -> None:
         self.kafka.stop()
