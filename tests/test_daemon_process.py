@@ -38,16 +38,19 @@ def daemon_argv(settings: Settings) -> list[str]:
 def start(settings: Settings, log: Path) -> subprocess.Popen:
     process = subprocess.Popen(daemon_argv(settings), stdout=open(log, "ab"),  # noqa: SIM115
                                stderr=subprocess.STDOUT)
-    url = f"http://{settings.http_addr}/livez"
+    wait_live(process, settings.http_addr, log, 60)
+    return process
 
+
+def wait_live(process: subprocess.Popen, http_addr: str, log: Path, timeout: float) -> None:
+    """Until the daemon's /livez answers; fails with its log's end if it exits first."""
     def up() -> bool:
         assert process.poll() is None, log.read_text()[-3000:]
         try:
-            return httpx.get(url, timeout=1).status_code == 200
+            return httpx.get(f"http://{http_addr}/livez", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
-    wait_until(up, 60, "the daemon's HTTP API")
-    return process
+    wait_until(up, timeout, "the daemon's HTTP API")
 
 
 def events_for(posts: list[dict], n: int) -> list[dict]:
@@ -208,13 +211,7 @@ def test_kill_9_of_an_embedded_daemon_takes_its_broker_and_redis_with_it(tmp_pat
         env=embedded_env())
     servers: dict[int, str] = {}
     try:
-        def up() -> bool:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                return httpx.get(f"http://{http}/livez", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait_until(up, 90, "the embedded daemon's HTTP API")
+        wait_live(process, http, log, 90)
         # and the training and serving processes, multiprocessing's tracker
         servers = children(process.pid)
         names = sorted(n for n in servers.values() if not n.startswith("python"))

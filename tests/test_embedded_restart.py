@@ -13,14 +13,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
 from daemon.config import Settings
 from daemon.embedded import free_port
 from tests.streams import cooking_records, wait_until
-from tests.test_daemon_process import EMBEDDED_FLAGS, TAGSPACE, embedded_env
+from tests.test_daemon_process import EMBEDDED_FLAGS, TAGSPACE, embedded_env, wait_live
 
 pytestmark = pytest.mark.integration
 
@@ -69,14 +68,7 @@ def start_embedded(argv: list[str], env: dict[str, str], http: str,
                    log: Path) -> subprocess.Popen:
     process = subprocess.Popen(argv, stdout=open(log, "ab"),  # noqa: SIM115
                                stderr=subprocess.STDOUT, env=env)
-
-    def up() -> bool:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            return httpx.get(f"http://{http}/livez", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-    wait_until(up, 90, "the embedded daemon's HTTP API")
+    wait_live(process, http, log, 90)
     return process
 
 
