@@ -43,6 +43,7 @@ from daemon.hot_routes import (
     replay_message,
     suggest_answer,
 )
+from daemon.in_flight import InFlight
 from daemon.records import printable
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,8 @@ class Gate:
 
     def __init__(self, app: ASGIApp, daemon: Backend):
         self.app, self.daemon = app, daemon
+        # counted for the trainer, which yields to requests (stand-ins in tests have none)
+        self.in_flight: InFlight = getattr(daemon, "in_flight", None) or InFlight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -234,11 +237,13 @@ class Gate:
             return message
 
         start = time.perf_counter()
+        self.in_flight.begin()
         try:
             await self.app(scope, receive_seen, send_seen)
         except ClientDisconnect:
             hung_up = True
         finally:
+            self.in_flight.end()
             name = getattr(scope.get("route"), "path", "unmatched")
             if hung_up:  # nothing to answer, nothing wrong here: counted, not an error
                 status = 499  # nginx's "client closed request"

@@ -104,6 +104,10 @@ class Settings:
                              "priority over the model's shared memory, so that serving and "
                              "ingestion never wait for them (false: in the daemon's process)",
                              "model")
+    train_yield_max_s: float = _s(0.5, "with train_process: the longest a training step waits "
+                                  "for the HTTP requests in flight to be answered (steps run "
+                                  "between requests; a saturated API slows training, never "
+                                  "stops it)", "model")
     dim: int = _s(64, "embedding dimension of a fresh model", "model")
     hidden: int = _s(1000, "CNN filters H of a fresh model", "model")
     word_capacity: int = _s(200_000, "rows preallocated for words", "model")

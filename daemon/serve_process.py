@@ -39,6 +39,7 @@ import torch.multiprocessing as mp
 from prometheus_client.metrics_core import Metric
 
 from daemon.config import Settings, host_port
+from daemon.in_flight import InFlight
 from daemon.metrics import merge_families
 from daemon.serving import reembed_posts
 
@@ -147,6 +148,7 @@ class ServingProcess:
             spec["words"], spec["tags"] = d.hub.online.replicas()
             spec["personalize"] = (d.hub.personalizer.weights, d.hub.personalizer.bow)
         spec["reembeds"] = index == 0  # one chooses the stale posts; all get the results
+        spec["slot"] = index  # its count of requests in flight (daemon.in_flight)
         proc = self._ctx.Process(
             target=_child_main, name=f"tagspace-server-{index}", daemon=True,
             args=(os.getpid(), self.settings, spec, child_end, self._sock))
@@ -311,6 +313,8 @@ class ServingNode:
         self.scorer, self.feeds = self.serving.scorer, self.serving.feeds
         self.trains = settings.trains
         self.reembeds = bool(spec.get("reembeds", True))
+        self.in_flight = InFlight(spec["shared"]["in_flight"].numpy() if "shared" in spec
+                                  else None, spec.get("slot", 0))
         self.stop_event = threading.Event()
 
     # what daemon.api asks for

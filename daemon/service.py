@@ -31,6 +31,7 @@ from daemon.config import Settings, host_port
 from daemon.feed import FeedRanker
 from daemon.heap import freeze_heap
 from daemon.http_server import server_config
+from daemon.in_flight import InFlight
 from daemon.ingest import Ingestor
 from daemon.metrics import Exposition, Metrics, merge_families
 from daemon.model_hub import ModelDiverged, ModelHub, train_config
@@ -60,7 +61,8 @@ class Daemon:
         self.trainer: Trainer | None = None
         if s.trains and s.train_process:
             self.trainer = TrainingProcess(self.hub.online, self.metrics, s.workers,
-                                           s.batch_size, s.train_queue, train)
+                                           s.batch_size, s.train_queue, train,
+                                           yield_max_s=s.train_yield_max_s)
         elif s.trains:
             self.trainer = OnlineTrainer(self.hub.online, self.metrics, s.workers,
                                          s.batch_size, s.train_queue)
@@ -69,6 +71,8 @@ class Daemon:
             if s.serve_process and s.role != "trainer" else None
         self.serving = Serving(s, self.store, self.hub, self.metrics) \
             if self.server is None else None
+        shared = getattr(self.hub.online, "_shared", None)  # with a training process
+        self.in_flight = InFlight(shared["in_flight"].numpy() if shared else None, 0)
         self.redis_ok = False
         self.ingestor = Ingestor(s, self.store, self.hub, self.trainer, self.metrics,
                                  on_redis_state=self._set_redis_state)

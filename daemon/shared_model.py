@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from daemon.in_flight import shared_counts
 from tagspace.model import ModelConfig, TagSpaceModel
 from tagspace.online import OnlineTagSpace
 
@@ -37,7 +38,8 @@ def share(online: OnlineTagSpace) -> dict[str, Any]:
     online.steps.row_generation = (online.words.row_generation, online.tags.row_generation)
     shared = {"model_config": online.model.config.to_dict(),
               "state": online.model.state_dict(), "arrays": arrays,
-              "pad_id": online.tagger.pad_id, "unk_id": online.tagger.unk_id}
+              "pad_id": online.tagger.pad_id, "unk_id": online.tagger.unk_id,
+              "in_flight": shared_counts()}  # requests being answered (daemon.in_flight)
     online._shared = shared  # type: ignore[attr-defined]
     return shared
 

@@ -1,8 +1,10 @@
 """Hogwild training in a child process at idle CPU priority, over the model's shared memory.
 
 Serving and ingestion never wait for training. The Hogwild workers run in a process of their
-own (their own GIL) scheduled ``SCHED_IDLE``, so they get only the CPU that the HTTP handlers
-and the ingestion loop leave. The model's tensors live in shared memory: every update is seen
+own (their own GIL) scheduled ``SCHED_IDLE``, and before each step a worker waits while any
+request is being answered (``daemon.in_flight``: the kernel's priority alone did not keep it out
+of serving's way on a VM), so they get only the CPU that the HTTP handlers and the ingestion
+loop leave. The model's tensors live in shared memory: every update is seen
 at once by the parent, which embeds, scores and checkpoints with them (no version to publish,
 no second copy of the weights).
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
+from daemon.in_flight import wait_for_idle_serving
 from daemon.metrics import Metrics
 from daemon.shared_model import attach, share
 from daemon.trainer import ERROR, QUEUE_FULL, STOPPING, StepRecorder
@@ -50,8 +53,10 @@ class TrainingProcess:
     """``OnlineTrainer``'s interface (start, offer, stop, steps), the workers in a child."""
 
     def __init__(self, online: OnlineTagSpace, metrics: Metrics, workers: int, batch_size: int,
-                 queue_size: int, train: TrainConfig, guard: Guard | None = None):
+                 queue_size: int, train: TrainConfig, guard: Guard | None = None,
+                 yield_max_s: float = 0.5):
         self.online, self.metrics = online, metrics
+        self.yield_max_s = yield_max_s
         self.workers, self.batch_size = workers, batch_size
         self.train, self.guard = train, guard or online.guard
         self.max_batches = max(1, queue_size // batch_size)
@@ -87,7 +92,7 @@ class TrainingProcess:
         self._proc = self._ctx.Process(
             target=_child_main, name="tagspace-trainer", daemon=True,
             args=(os.getpid(), self._shared, self.train, self.guard, self.workers,
-                  self._jobs, self._results, self._child_stop))
+                  self._jobs, self._results, self._child_stop, self.yield_max_s))
         self._proc.start()
         log.info("training process %d started (%d Hogwild workers, idle CPU priority)",
                  self._proc.pid, self.workers)
@@ -173,6 +178,8 @@ class TrainingProcess:
                 if self.recorder.record(step):
                     self.steps += 1
                     self.metrics.train_lag.set(max(0.0, time.time() - created))
+            elif kind == "yielded":  # seconds a step waited for requests in flight
+                self.metrics.train_yielded.inc(payload)
             elif kind == "error":
                 self._done(1)
                 self.recorder.skip(ERROR, payload)
@@ -215,7 +222,8 @@ class TrainingProcess:
 
 # the child's side
 def _child_main(parent: int, shared: dict[str, Any], train: TrainConfig, guard: Guard,
-                workers: int, jobs: Any, results: Any, stop_flag: torch.Tensor) -> None:
+                workers: int, jobs: Any, results: Any, stop_flag: torch.Tensor,
+                yield_max_s: float) -> None:
     from daemon.embedded import die_with_parent
 
     preexec = die_with_parent(parent)
@@ -229,7 +237,9 @@ def _child_main(parent: int, shared: dict[str, Any], train: TrainConfig, guard: 
     steps = HogwildSteps(model, train, shared["pad_id"], shared["unk_id"],
                          (arrays["words.row_generation"], arrays["tags.row_generation"]), guard)
     rows = _RowWatch(steps, arrays)
-    threads = [threading.Thread(target=_work, args=(steps, rows, jobs, results, stop),
+    in_flight = shared["in_flight"].numpy()
+    threads = [threading.Thread(target=_work, args=(steps, rows, jobs, results, stop,
+                                                    in_flight, yield_max_s),
                                 name=f"hogwild-{i}", daemon=True) for i in range(workers)]
     for t in threads:
         t.start()
@@ -251,13 +261,16 @@ def _child_main(parent: int, shared: dict[str, Any], train: TrainConfig, guard: 
 
 
 def _work(steps: HogwildSteps, rows: _RowWatch, jobs: Any, results: Any,
-          stop: np.ndarray) -> None:
+          stop: np.ndarray, in_flight: np.ndarray, yield_max_s: float) -> None:
     torch.set_num_threads(1)
     while not stop[0]:
         try:
             batch = jobs.get(timeout=0.2)
         except queue.Empty:
             continue
+        waited = wait_for_idle_serving(in_flight, yield_max_s, stop)  # requests first
+        if waited:
+            results.put(("yielded", waited))
         try:
             rows.sync()
             step: OnlineStep = steps.step(batch)

@@ -12,7 +12,8 @@ from daemon.config import Settings
 from daemon.metrics import Metrics
 
 
-def client(suggest=lambda text, k, user: [("pasta", 1.0)][:k], fail_store=False):  # type: ignore[no-untyped-def]
+def client(suggest=lambda text, k, user: [("pasta", 1.0)][:k], fail_store=False,  # type: ignore[no-untyped-def]
+           in_flight=None):
     def post(post_id: str):  # type: ignore[no-untyped-def]
         if fail_store:
             raise redis.ConnectionError("down")
@@ -22,7 +23,7 @@ def client(suggest=lambda text, k, user: [("pasta", 1.0)][:k], fail_store=False)
         settings=Settings(max_body_bytes=1000, max_k=50), metrics=Metrics(),
         scorer=SimpleNamespace(suggest=suggest), hub=SimpleNamespace(version=3),
         store=SimpleNamespace(post=post), exposition=lambda: b"",
-        readiness_problems=lambda: ["kafka unreachable"])
+        readiness_problems=lambda: ["kafka unreachable"], in_flight=in_flight)
     return TestClient(create_app(daemon))  # type: ignore[arg-type]
 
 
