@@ -42,11 +42,6 @@ from tagspace.precision import use_bf16
 
 log = logging.getLogger(__name__)
 LAG_EVERY_S = 1.0
-# A thin stream (100 posts/s) answered one record per fetch kept kafka-python's network thread
-# at 0.3 cores; the broker holding a fetch until 64 KiB or 50 ms cut the daemon's process from
-# 0.41-0.49 to 0.19 cores (docs/PERFORMANCE.md), for at most 50 ms more freshness.
-FETCH_MIN_BYTES = 64 * 1024
-FETCH_MAX_WAIT_MS = 50
 REJECTED_POLL_MS = 50  # polling paused partitions while the chain rejects: keeps the group
 
 
@@ -104,7 +99,6 @@ class Ingestor:
             session_timeout_ms=self.s.session_timeout_ms,
             heartbeat_interval_ms=self.s.heartbeat_interval_ms,
             max_poll_records=self.s.max_poll_records, max_poll_interval_ms=300_000,
-            fetch_min_bytes=FETCH_MIN_BYTES, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             client_id="tagspace-daemon", **self.s.kafka_options())
 
     def _make_producer(self) -> KafkaProducer:
