@@ -42,7 +42,13 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="per post and step: one sampled gold tag (paper) or every gold tag")
     g.add_argument("--word-tag-share", action=argparse.BooleanOptionalAction, default=True,
                    help="#TagSpace: learned bonus for tags that are words of the post")
-    g.add_argument("--workers", type=int, default=2, help="Hogwild threads")
+    g.add_argument("--workers", type=int, default=2,
+                   help="Hogwild threads (on a GPU: threads that prepare batches in turn)")
+    g.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                   help="the CNN's matrix products in bfloat16: auto (where the CPU or GPU has "
+                        "bf16 units), on, or off (fp32); weights and optimizer state stay fp32")
+    g.add_argument("--device", default="cpu",
+                   help="where training runs: cpu, cuda or cuda:N (block WARP only)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--kernel", type=int, default=5, help="CNN window K")
     g.add_argument("--hidden", type=int, default=1000, help="CNN filters H")
@@ -66,6 +72,7 @@ def train_configs(args: Any, model_name: str) -> tuple[Any, Any, Any]:
         batch_size=args.batch_size,
         negatives=args.negatives, margin=args.margin, warp=args.warp, workers=args.workers,
         seed=args.seed, positives=args.positives if args.warp == "block" else "one",
+        bf16=args.bf16, device=args.device,
     )
     model = ModelConfig(dim=args.dim, kernel=args.kernel, hidden=args.hidden,
                         dropout=args.dropout,

@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from tagspace.batch import EncodedPosts, make_batch
-from tagspace.model import TagSpaceModel
+from tagspace.model import ConvEncoder, TagSpaceModel
+from tagspace.precision import check_choice, use_bf16
 from tagspace.warp import WarpStats, block_warp_loss, sample_sequential_negatives
 
 WARP_MODES = ("block", "sequential")
@@ -42,8 +43,14 @@ class TrainConfig:
     positives: str = "one"  # per post and step: one sampled gold tag (paper) or all of them
     workers: int = 2
     seed: int = 0
+    # The CNN's GEMMs in bfloat16 (weights, optimizer state and lookup-table gradients stay
+    # fp32): auto (where the device has bf16 units), on, off. ``tagspace.window_max``.
+    bf16: str = "auto"
+    device: str = "cpu"  # where the model and the steps run: "cpu", "cuda", "cuda:1", ...
 
     def __post_init__(self) -> None:
+        check_choice(self.bf16)
+        torch.device(self.device)  # a clear error for a malformed device name
         if self.warp not in WARP_MODES:
             raise ValueError(f"warp must be one of {WARP_MODES}, got {self.warp!r}")
         if self.positives not in ("one", "all"):
@@ -99,6 +106,8 @@ class HogwildWorker:
     ):
         if model.config.word_tag_share and config.warp != "block":
             raise ValueError("word-tag sharing is trained with block WARP only")
+        if model.word_emb.device.type != "cpu" and config.warp != "block":
+            raise ValueError("the sequential WARP sampler runs on the CPU only: use block WARP")
         self.model = model
         self.config = config
         self.rng = np.random.default_rng([config.seed, rank])
@@ -107,13 +116,17 @@ class HogwildWorker:
         for mine, shared in zip(self.encoder.parameters(), model.encoder.parameters(), strict=True):
             mine.data = shared.data  # same memory, this worker's own version counter
         self.encoder.train()
-        self.copy_weight = torch.zeros(())
+        self.device = model.word_emb.device
+        self.bf16 = use_bf16(config.bf16, str(self.device))
+        if isinstance(self.encoder, ConvEncoder) and self.bf16:
+            self.encoder.compute_dtype = torch.bfloat16
+        self.copy_weight = torch.zeros((), device=self.device)
         self.copy_weight.data = model.copy_weight.data  # shared, as the encoder's parameters
         self.copy_weight.requires_grad_(model.config.word_tag_share)
-        self._copy_acc = torch.zeros(())
+        self._copy_acc = torch.zeros((), device=self.device)
         self._dense_acc = [torch.zeros_like(p) for p in self.encoder.parameters()]
-        self._word_acc = torch.zeros(model.word_emb.shape[0])
-        self._tag_acc = torch.zeros(model.tag_emb.shape[0])
+        self._word_acc = torch.zeros(model.word_emb.shape[0], device=self.device)
+        self._tag_acc = torch.zeros(model.tag_emb.shape[0], device=self.device)
         # Rows negatives are drawn from (None: all). An online vocabulary sets its used rows.
         self.negative_pool: np.ndarray | None = None
         # Online vocabularies: per row of the word and tag tables, the generation at which its
@@ -131,10 +144,11 @@ class HogwildWorker:
         n_tags = tags.shape[0]
         self._grow_state(words.shape[0], n_tags)
         ids, mask = make_batch(word_ids, self.model.config, self.pad_id, self.unk_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
         pos = np.fromiter((g[self.rng.integers(len(g))] for g in gold), np.int64, len(gold))
         word_rows, word_index = torch.unique(ids, return_inverse=True)
-        x_rows = words[word_rows].requires_grad_()
-        post = self.encoder(x_rows[word_index], mask)  # (B, d)
+        x = words[ids].requires_grad_()  # (B, L, d): summed per row below (index_add_, cheap)
+        post = self.encoder(x, mask)  # (B, d)
 
         if cfg.warp == "block":
             owner = np.arange(len(gold))  # the post each (post, positive) example belongs to
@@ -148,20 +162,20 @@ class HogwildWorker:
                 negs = pool[self.rng.integers(len(pool), size=cfg.negatives)]
                 n_tags = len(pool)  # the rank estimate counts tags in use only
             tag_rows, tag_index = torch.unique(
-                torch.from_numpy(np.concatenate([pos, negs])), return_inverse=True
+                self._on(np.concatenate([pos, negs])), return_inverse=True
             )
             t_rows = tags[tag_rows].requires_grad_()
             t_pos, t_neg = t_rows[tag_index[: len(pos)]], t_rows[tag_index[len(pos) :]]
-            owner_t = torch.from_numpy(owner)
+            owner_t = self._on(owner)
             pos_scores = (post[owner_t] * t_pos).sum(1)  # (P,)
             neg_scores = (post @ t_neg.T)[owner_t]  # (P, S): one GEMM per post, not per pair
             if self.model.config.word_tag_share:  # + beta * [t is a word of the post]
                 present = self.model.tags_in_posts(ids)[owner_t]  # (P, L)
-                in_pos = (present == torch.from_numpy(pos).unsqueeze(1)).any(1)
-                in_neg = (present.unsqueeze(1) == torch.from_numpy(negs)[None, :, None]).any(-1)
+                in_pos = (present == self._on(pos).unsqueeze(1)).any(1)
+                in_neg = (present.unsqueeze(1) == self._on(negs)[None, :, None]).any(-1)
                 pos_scores = pos_scores + self.copy_weight * in_pos
                 neg_scores = neg_scores + self.copy_weight * in_neg
-            valid = torch.from_numpy(_not_gold(negs, gold)[owner])  # (P, S)
+            valid = self._on(_not_gold(negs, gold)[owner])  # (P, S)
             loss, stats = block_warp_loss(
                 pos_scores, neg_scores, valid, n_tags, cfg.margin, cfg.negatives
             )
@@ -189,10 +203,18 @@ class HogwildWorker:
             params.append(self.copy_weight)
         grads: tuple[torch.Tensor, ...] = ()
         if stats.violating:
-            grads = tuple(torch.autograd.grad(loss, [x_rows, t_rows, *params]))
+            grad_x, *rest = torch.autograd.grad(loss, [x, t_rows, *params])
+            word_grad = torch.zeros(len(word_rows), x.shape[-1], dtype=grad_x.dtype,
+                                    device=self.device)
+            word_grad.index_add_(0, word_index.view(-1), grad_x.view(-1, x.shape[-1]))
+            grads = (word_grad, *rest)
         finite = math.isfinite(stats.loss) and bool(torch.isfinite(post.detach()).all())
         return PendingStep(StepStats(len(gold), stats.loss, stats.violating, stats.trials),
                            word_rows, tag_rows, params, grads, finite)
+
+    def _on(self, a: np.ndarray) -> torch.Tensor:
+        """A host array on the model's device (no copy on the CPU)."""
+        return torch.from_numpy(a).to(self.device)
 
     def apply(self, pending: PendingStep, since: tuple[int, int] | None = None) -> StepStats:
         """Apply a step's AdaGrad updates to the shared model.
@@ -209,8 +231,8 @@ class HogwildWorker:
         word_grad, tag_grad = pending.grads[0], pending.grads[1]
         if since is not None and self.row_generation is not None:
             word_gen, tag_gen = self.row_generation
-            fresh_w = torch.from_numpy(word_gen[word_rows.numpy()] <= since[0])
-            fresh_t = torch.from_numpy(tag_gen[tag_rows.numpy()] <= since[1])
+            fresh_w = self._on(word_gen[word_rows.cpu().numpy()] <= since[0])
+            fresh_t = self._on(tag_gen[tag_rows.cpu().numpy()] <= since[1])
             stats.stale_rows = int((~fresh_w).sum() + (~fresh_t).sum())
             if stats.stale_rows:
                 word_rows, word_grad = word_rows[fresh_w], word_grad[fresh_w]
@@ -242,9 +264,11 @@ class HogwildWorker:
     def _grow_state(self, n_words: int, n_tags: int) -> None:
         # Online vocabularies can grow; new rows start with fresh optimizer state.
         if n_words > len(self._word_acc):
-            self._word_acc = torch.cat([self._word_acc, torch.zeros(n_words - len(self._word_acc))])
+            more = torch.zeros(n_words - len(self._word_acc), device=self.device)
+            self._word_acc = torch.cat([self._word_acc, more])
         if n_tags > len(self._tag_acc):
-            self._tag_acc = torch.cat([self._tag_acc, torch.zeros(n_tags - len(self._tag_acc))])
+            more = torch.zeros(n_tags - len(self._tag_acc), device=self.device)
+            self._tag_acc = torch.cat([self._tag_acc, more])
 
 
 def _not_gold(negs: np.ndarray, gold: Sequence[np.ndarray]) -> np.ndarray:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from tagspace.window_max import window_max
+
 ENCODERS = ("conv", "bag")
 
 
@@ -59,15 +61,17 @@ class ConvEncoder(nn.Module):
         self.conv = nn.Linear(config.kernel * config.dim, config.hidden)
         self.out = nn.Linear(config.hidden, config.dim)  # H x d
         self.dropout = nn.Dropout(config.dropout)
+        # The convolution's GEMMs run in this dtype (bfloat16: ``tagspace.precision``); an
+        # enclosing autocast region overrides it. Not saved: a property of the machine.
+        self.compute_dtype = torch.float32
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: (B, L, d) vectors, boundary padding included; mask: (B, W) valid windows."""
-        batch, windows = mask.shape
-        x = x.unfold(1, self.kernel, 1)  # (B, W, d, K)
-        x = x.transpose(2, 3).reshape(batch, windows, -1)  # (B, W, K*d): one GEMM for the conv
-        h = torch.tanh(self.conv(x))  # (B, W, H)
-        h = h.masked_fill(~mask.unsqueeze(-1), -2.0)  # below tanh's range: never the max
-        h = h.amax(dim=1)  # (B, H) max over time
+        dtype = self.compute_dtype
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        # tanh(max over time of tanh(conv)), with the max taken first (``tagspace.window_max``)
+        h = torch.tanh(window_max(x, mask, self.conv.weight, self.conv.bias, self.kernel, dtype))
         return self.out(self.dropout(torch.tanh(h)))  # (B, d)
 
 

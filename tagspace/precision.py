@@ -20,8 +20,22 @@ def cpu_has_bf16() -> bool:
                 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def use_bf16(choice: str) -> bool:
-    """``auto``: where the CPU has bf16 units; ``on``; ``off`` (fp32)."""
+def device_has_bf16(device: str) -> bool:
+    """The device multiplies bf16 natively: a CPU with bf16 units, or a CUDA GPU that has them
+    (Ampere and newer)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return cpu_has_bf16()
+
+
+def use_bf16(choice: str, device: str = "cpu") -> bool:
+    """``auto``: where the device has bf16 units; ``on``; ``off`` (fp32)."""
+    check_choice(choice)
+    return choice == "on" or (choice == "auto" and device_has_bf16(device))
+
+
+def check_choice(choice: str) -> None:
     if choice not in CHOICES:
         raise ValueError(f"bf16 must be one of {', '.join(CHOICES)}, got {choice!r}")
-    return choice == "on" or (choice == "auto" and cpu_has_bf16())

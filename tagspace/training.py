@@ -69,12 +69,13 @@ def train_tagger(
         _copy_lookup_tables(init_from, model, words, tags)
     data = EncodedPosts.encode(posts, words, tags)
     pad_id, unk_id = special_ids(words)
+    model.to(train_config.device)
     trainer = HogwildTrainer(model, train_config, pad_id, unk_id)
     if progress:
         on_epoch = _logging_epochs(model_name, train_config.epochs, on_epoch)
     # Hogwild's own bar is a tqdm bar: only on a terminal, else the epoch lines are the progress.
     trainer.fit(data, on_epoch=on_epoch, progress=progress and is_terminal(), desc=model_name)
-    return Tagger(model, words, tags)
+    return Tagger(model.cpu(), words, tags)  # checkpoints and serving read host memory
 
 
 def _logging_epochs(

@@ -51,8 +51,8 @@ def rank_weight(n_tags: int, trials: int) -> float:
 
 def expected_rank_weight(p: torch.Tensor, n_tags: int, max_trials: int) -> torch.Tensor:
     """E[L(floor((N-1)/k))], k ~ Geometric(p) truncated at T trials (0 if none violates)."""
-    weights = _weights_by_trial(n_tags, max_trials)  # (T,)
-    k = torch.arange(max_trials, dtype=torch.float32)  # k - 1
+    weights = _weights_by_trial(n_tags, max_trials).to(p.device)  # (T,)
+    k = torch.arange(max_trials, dtype=torch.float32, device=p.device)  # k - 1
     p = p.float().clamp(0.0, 1.0).unsqueeze(-1)  # (B, 1)
     first_hit = p * (1.0 - p) ** k  # (B, T): P(first violator at draw k)
     return first_hit @ weights  # (B,)

@@ -55,8 +55,13 @@ def test_workers_have_their_own_rngs():
     assert a.rng.integers(1 << 30) != b.rng.integers(1 << 30)
 
 
-@pytest.mark.parametrize("warp", ["block", "sequential"])
-def test_threads_learn_a_separable_toy_problem(warp):
+# Device-agnostic: every test taking ``device`` runs on the GPU too where one is present.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize(("warp", "bf16"), [("block", "off"), ("block", "on"),
+                                            ("sequential", "off")])
+def test_threads_learn_a_separable_toy_problem(warp, bf16):
     model = make_model()
     rng = np.random.default_rng(0)
     from tagspace.batch import EncodedPosts
@@ -65,7 +70,8 @@ def test_threads_learn_a_separable_toy_problem(warp):
     tags = [np.array([t % 6]) for t in range(300)]
     data = EncodedPosts(words, tags, np.zeros(300, np.int64))
     trainer = HogwildTrainer(model, TrainConfig(epochs=4, workers=2, lr=0.05, warp=warp,
-                                                batch_size=8), 0, 1)
+                                                batch_size=8, bf16=bf16), 0, 1)
+    assert trainer.workers[0].bf16 == (bf16 == "on")
     history = trainer.fit(data, progress=False)
     assert history[-1].loss < history[0].loss
     from tagspace.batch import make_batch
@@ -81,3 +87,41 @@ def test_config_validation():
         TrainConfig(warp="softmax")
     with pytest.raises(ValueError, match="workers"):
         TrainConfig(workers=0)
+    with pytest.raises(ValueError, match="bf16"):
+        TrainConfig(bf16="fast")
+    with pytest.raises(RuntimeError, match="device"):
+        TrainConfig(device="gpu0")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_step_runs_where_the_model_is(device):
+    """The whole step on the model's device: batches, negatives, gradients, AdaGrad state."""
+    torch.manual_seed(0)
+    model = TagSpaceModel(ModelConfig(dim=8, hidden=16, n_words=30, n_tags=50,
+                                      word_tag_share=True)).to(device)
+    before = model.tag_emb.detach().clone()
+    worker = HogwildWorker(model, TrainConfig(lr=0.1, negatives=20, device=device), 0, 0, 1)
+    stats = worker.step([np.array([2, 3, 4]), np.array([5, 6])], [np.array([7]), np.array([8])])
+    assert stats.violating > 0
+    assert model.tag_emb.device.type == torch.device(device).type
+    assert worker._tag_acc.device == model.tag_emb.device
+    assert (model.tag_emb != before).any(1)[[7, 8]].all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_train_tagger_on_a_device_returns_a_model_in_host_memory(device):
+    from tagspace.dataset import Post
+    from tagspace.training import train_tagger
+
+    posts = [Post(f"p{i}", None, None, (f"w{i % 3}", f"x{i % 5}"), (f"t{i % 3}",))
+             for i in range(30)]
+    tagger = train_tagger(posts, "tagspace", ModelConfig(dim=8, hidden=16),
+                          TrainConfig(epochs=1, workers=1, device=device), progress=False)
+    assert tagger.model.word_emb.device.type == "cpu"
+    assert tagger.embed_all([["w1", "x2"]]).shape == (1, 8)
+
+
+def test_the_sequential_sampler_refuses_a_model_off_the_cpu():
+    model = make_model().to("meta")  # no storage: enough to see the check, on any machine
+    with pytest.raises(ValueError, match="block WARP"):
+        HogwildWorker(model, TrainConfig(warp="sequential"), rank=0, pad_id=0, unk_id=1)

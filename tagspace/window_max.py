@@ -1,0 +1,70 @@
+"""The convolution over word windows and the max over time, as one autograd function.
+
+The paper's layer is tanh(max_t(tanh(W x_t + b))). tanh is increasing, so the max can be taken
+before it and the bias added after it (b does not depend on t):
+
+    max_t tanh(W x_t + b) = tanh(max_t(W x_t) + b),
+
+which computes the same embedding while tanh, its backward and the bias run on (B, H) values
+instead of (B, W, H). Autograd's own graph of the paper's order spent more time outside the GEMMs
+than in them under bf16 (scripts/bench_training.py --profile; docs/PERFORMANCE.md): casts and
+copies of (B, W, H) tensors, a tanh and its backward over every window, and an amax backward
+made of three full passes. Here the only (B, W, H) work besides the GEMMs is the mask, one
+comparison that marks where each maximum is, and the gradient spread onto those places.
+
+``dtype``: the GEMMs run in it (bfloat16 on CPUs with bf16 units, ``tagspace.precision``); the
+inputs, the outputs and the gradients stay in the caller's dtype, so the lookup tables'
+gradients are summed in fp32 (a word repeated in a batch adds up many window gradients).
+A tie between windows sends the gradient to each of them (ties have probability ~0 in practice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class WindowMax(torch.autograd.Function):
+    """(B, L, d) vectors, (B, W) mask, (H, K*d) weight, (H,) bias -> (B, H): max_t(W x_t) + b."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor, kernel: int, dtype: torch.dtype) -> torch.Tensor:
+        batch, windows = mask.shape
+        # (B, W, K*d): the windows side by side, so the convolution is one GEMM
+        win = x.to(dtype).unfold(1, kernel, 1).transpose(2, 3).reshape(batch * windows, -1)
+        w = weight.to(dtype)
+        z = torch.mm(win, w.T).view(batch, windows, -1)  # (B, W, H)
+        if not bool(mask.all()):  # posts of one length (a length-grouped batch) have none
+            z.masked_fill_(~mask.unsqueeze(-1), float("-inf"))  # padding windows: never the max
+        top = z.amax(dim=1)  # (B, H)
+        if any(ctx.needs_input_grad):
+            at_max = z == top.unsqueeze(1)  # (B, W, H) bool: where each maximum came from
+            ctx.save_for_backward(win, w, at_max)
+            ctx.shape = (x.shape, kernel)
+        return top.to(x.dtype) + bias
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        win, w, at_max = ctx.saved_tensors
+        x_shape, kernel = ctx.shape
+        batch, windows, hidden = at_max.shape
+        g = (at_max * grad.to(w.dtype).unsqueeze(1)).view(batch * windows, hidden)
+        grad_weight = torch.mm(g.T, win).to(grad.dtype) if ctx.needs_input_grad[2] else None
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[3] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            per_window = torch.mm(g, w).view(batch, windows, kernel, -1)  # (B, W, K, d)
+            # in the GEMMs' dtype (K terms a vector; converting each strided slice cost more)
+            folded = torch.zeros(x_shape, dtype=w.dtype, device=grad.device)
+            for k in range(kernel):  # window t's k-th vector is x_{t+k}
+                folded[:, k : k + windows] += per_window[:, :, k]
+            grad_x = folded.to(grad.dtype)
+        return grad_x, None, grad_weight, grad_bias, None, None
+
+
+def window_max(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               kernel: int, dtype: torch.dtype) -> torch.Tensor:
+    out: torch.Tensor = WindowMax.apply(x, mask, weight, bias, kernel, dtype)
+    return out
