@@ -128,6 +128,10 @@ class Settings:
                           "encode here, the larger part of ingestion; embeddings at cosine "
                           ">= 0.99998 to fp32, 97.6% of each post's 20 nearest posts kept "
                           "(scripts/bench_encode.py)", "model")
+    train_bf16: str = _s("auto", "online training's CNN matrix products in bfloat16: auto "
+                         "(where the CPU has bf16 units), on, or off (fp32); weights and "
+                         "optimizer state stay fp32. The batch-256 step ran 3.4x fp32 here "
+                         "(scripts/bench_training.py, docs/PERFORMANCE.md)", "model")
     reembed_rate: float = _s(200.0, "posts per second the re-embedder refreshes at most",
                              "model")
     # serving
@@ -174,8 +178,9 @@ class Settings:
         if self.train_queue < self.max_poll_records:
             raise bad("train_queue", f"must be >= max_poll_records ({self.max_poll_records}): "
                       "a smaller buffer would drop most of every batch")
-        if self.ingest_bf16 not in PRECISION_CHOICES:
-            raise bad("ingest_bf16", f"must be one of {', '.join(PRECISION_CHOICES)}")
+        for name in ("ingest_bf16", "train_bf16"):
+            if getattr(self, name) not in PRECISION_CHOICES:
+                raise bad(name, f"must be one of {', '.join(PRECISION_CHOICES)}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise bad("log_level", f"unknown level {self.log_level!r}")
         if self.kafka_security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT",

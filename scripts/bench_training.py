@@ -1,41 +1,74 @@
 #!/usr/bin/env python
-"""Training speed of the #TagSpace CNN step against this machine's measured matmul rate.
+"""Training speed of the #TagSpace CNN step against this machine's measured matmul rates.
 
-Measures, in one run (ratios are what to compare across machines):
-1. the fp32 GEMM rate (torch.mm, square matrices): the ceiling;
-2. a plain PyTorch step of the CNN (nn.Embedding, autograd, torch.optim.SGD) with block WARP;
-3. our Hogwild worker step (sparse row updates, AdaGrad) on the same batch;
+Measures, in one run and for each precision (fp32, and bf16 where the device has bf16 units or
+--bf16 on), so that every ratio compares like with like:
+1. the GEMM rate of that dtype (torch.mm, square matrices): the ceiling;
+2. a plain PyTorch step of the CNN (nn.Embedding, autograd in the paper's order of operations,
+   torch.optim.SGD; bf16 through autocast) with block WARP;
+3. our Hogwild worker step (the fused window-max layer, sparse row updates, AdaGrad);
 4. posts/s of the Hogwild trainer with 1..N worker threads;
-5. the sequential (paper) WARP sampler against the block version.
+5. the sequential (paper) WARP sampler against the block version (CPU only).
 
-Usage: python scripts/bench_training.py [--batch 256] [--length 24] [--dim 256] [--json F]
+--profile adds a torch.profiler breakdown of one step by kind of work (GEMMs, copies and casts,
+tanh, max over time, row gather/scatter, AdaGrad, the rest), for our step and for the same step
+with the encoder in the paper's order as autograd runs it (what the step was before
+tagspace.window_max): ms per step, self time of the ops.
+
+--device cuda: the same on a GPU (defaults: batch 16384, bf16; the Hogwild threads there take
+turns preparing batches on the CPU while the other's kernels run).
+
+Usage: python scripts/bench_training.py [--batch 256] [--length 24] [--dim 256] [--profile]
+       [--device cuda] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from tagspace.batch import EncodedPosts, make_batch
 from tagspace.hogwild import HogwildTrainer, HogwildWorker, TrainConfig
-from tagspace.model import ModelConfig, TagSpaceModel
+from tagspace.model import ConvEncoder, ModelConfig, TagSpaceModel
+from tagspace.precision import device_has_bf16
 from tagspace.warp import block_warp_loss
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# profiler op name -> kind of work (self time); what is not listed is "other ops"
+KINDS = {
+    "GEMMs": ("aten::mm", "aten::addmm", "aten::bmm"),
+    "copies and casts": ("aten::copy_", "aten::clone", "aten::fill_", "aten::zero_",
+                         "aten::unfold_backward", "aten::cat", "aten::_to_copy"),
+    "tanh": ("aten::tanh", "aten::tanh_backward"),
+    "max over time, mask": ("aten::amax", "aten::max", "aten::eq", "aten::masked_fill_",
+                            "aten::mul", "aten::sum", "aten::div", "aten::where"),
+    "row gather/scatter": ("aten::index", "aten::_index_put_impl_", "aten::index_add_",
+                           "aten::scatter_add_", "aten::embedding_dense_backward",
+                           "aten::_unique2", "aten::index_select"),
+    "AdaGrad": ("aten::addcmul_", "aten::addcdiv_", "aten::sqrt", "aten::pow", "aten::add_"),
+}
 
-def matmul_gflops(n: int = 2048, seconds: float = 3.0) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        runs += 1
-    return 2 * n**3 * runs / (time.perf_counter() - start) / 1e9
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, seconds: float) -> float:
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    runs, secs = timed(lambda: torch.mm(a, b), seconds, device)
+    return 2 * n**3 * runs / secs / 1e9
 
 
 def step_flops(cfg: ModelConfig, batch: int, windows: int, negatives: int) -> float:
@@ -46,23 +79,50 @@ def step_flops(cfg: ModelConfig, batch: int, windows: int, negatives: int) -> fl
     return 3.0 * (conv + out + scores)
 
 
-def timed(fn, seconds: float) -> tuple[int, float]:
+def timed(fn: Callable[[], Any], seconds: float, device: torch.device) -> tuple[int, float]:
     fn()  # warm-up
+    sync(device)
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         fn()
         runs += 1
+    sync(device)
     return runs, time.perf_counter() - start
 
 
-def plain_step_fn(cfg: ModelConfig, ids, mask, pos, negs, valid):
+def paper_order_forward(self: ConvEncoder, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The encoder as autograd ran it before tagspace.window_max: tanh over every window, a
+    masked amax, tanh, the output layer (bf16 through autocast)."""
+    batch, windows = mask.shape
+    x = x.unfold(1, self.kernel, 1).transpose(2, 3).reshape(batch, windows, -1)
+    h = torch.tanh(self.conv(x)).masked_fill(~mask.unsqueeze(-1), -2.0).amax(dim=1)
+    return self.out(self.dropout(torch.tanh(h)))
+
+
+@contextlib.contextmanager
+def paper_order() -> Iterator[None]:
+    fused = ConvEncoder.forward
+    ConvEncoder.forward = paper_order_forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ConvEncoder.forward = fused  # type: ignore[method-assign]
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> Any:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+
+def plain_step_fn(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, ids, mask, pos,
+                  negs, valid) -> Callable[[], None]:
     """The reference: a dense nn.Module step as a PyTorch user would write it."""
-    model = TagSpaceModel(cfg)
+    model = TagSpaceModel(cfg).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        post = model.embed_posts(ids, mask)
+        with paper_order(), autocast(device, dtype):
+            post = model.embed_posts(ids, mask).float()
         pos_scores = (post * model.tag_emb[pos]).sum(1)
         loss, _ = block_warp_loss(pos_scores, post @ model.tag_emb[negs].T, valid,
                                   cfg.n_tags, 0.1, len(negs))
@@ -72,81 +132,160 @@ def plain_step_fn(cfg: ModelConfig, ids, mask, pos, negs, valid):
     return step
 
 
+def profile_step(fn: Callable[[], Any], steps: int, device: torch.device) -> dict[str, float]:
+    """ms per step by kind of work (self time of the ops), and the wall time not in any op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync(device)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+        sync(device)
+    wall = (time.perf_counter() - start) / steps * 1e3
+    kinds = {kind: 0.0 for kind in KINDS} | {"other ops": 0.0}
+    for event in prof.key_averages():
+        kind = next((k for k, names in KINDS.items() if event.key in names), "other ops")
+        kinds[kind] += event.self_cpu_time_total / 1e3 / steps
+    kinds["outside ops (Python, NumPy)"] = max(0.0, wall - sum(kinds.values()))
+    kinds["step (wall, profiled)"] = wall
+    return {k: round(v, 2) for k, v in kinds.items()}
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch", type=int, default=256)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--batch", type=int, help="posts per step (256 on the CPU, 16384 on a GPU)")
     p.add_argument("--length", type=int, default=24, help="words per post")
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--hidden", type=int, default=1000)
     p.add_argument("--negatives", type=int, default=1000)
     p.add_argument("--words", type=int, default=50_000)
     p.add_argument("--tags", type=int, default=20_000)
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                   help="measure bf16 too: auto (where the device has bf16 units), on, off")
     p.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     p.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--profile", action="store_true", help="the step's time by kind of work")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
 
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    batch = args.batch or (16_384 if on_gpu else 256)
+    dtypes = ["fp32"]
+    if args.bf16 == "on" or (args.bf16 == "auto" and device_has_bf16(args.device)):
+        dtypes.append("bf16")
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     cfg = ModelConfig(dim=args.dim, hidden=args.hidden, n_words=args.words, n_tags=args.tags)
-    word_ids = [rng.integers(2, args.words, size=args.length) for _ in range(args.batch)]
-    gold = [rng.integers(0, args.tags, size=2) for _ in range(args.batch)]
-    ids, mask = make_batch(word_ids, cfg, 0, 1)
+    word_ids = [rng.integers(2, args.words, size=args.length) for _ in range(batch)]
+    gold = [rng.integers(0, args.tags, size=2) for _ in range(batch)]
+    ids, mask = (t.to(device) for t in make_batch(word_ids, cfg, 0, 1))
     windows = mask.shape[1]
-    flops = step_flops(cfg, args.batch, windows, args.negatives)
-    results: dict[str, object] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
-        "shape": {"batch": args.batch, "length": args.length, "dim": args.dim,
+    flops = step_flops(cfg, batch, windows, args.negatives)
+    results: dict[str, Any] = {
+        "machine": machine(device),
+        "shape": {"batch": batch, "length": args.length, "dim": args.dim,
                   "hidden": args.hidden, "negatives": args.negatives, "windows": windows},
         "step_gflop": flops / 1e9,
     }
-    peak = matmul_gflops()
-    results["matmul_gflops"] = peak
-    print(f"fp32 matmul: {peak:.1f} GFLOP/s ({results['machine']})")
-
-    pos = torch.from_numpy(np.array([g[0] for g in gold]))
-    negs = torch.from_numpy(rng.integers(0, args.tags, size=args.negatives))
-    valid = torch.ones(args.batch, args.negatives, dtype=torch.bool)
-    worker = HogwildWorker(TagSpaceModel(cfg), TrainConfig(negatives=args.negatives), 0, 0, 1)
-    for name, fn in (
-        ("plain_step", plain_step_fn(cfg, ids, mask, pos, negs, valid)),
-        ("hogwild_step", lambda: worker.step(word_ids, gold)),
-    ):
-        runs, secs = timed(fn, args.seconds)
-        rate = runs * args.batch / secs
-        gflops = runs * flops / secs / 1e9
-        results[name] = {"posts_per_s": rate, "gflops": gflops, "of_matmul": gflops / peak}
-        print(f"{name}: {rate:.0f} posts/s, {gflops:.1f} GFLOP/s = {gflops / peak:.0%} of matmul")
-
-    scaling = {}
-    n_posts = args.batch * 24
-    data = EncodedPosts([rng.integers(2, args.words, size=args.length) for _ in range(n_posts)],
-                        [rng.integers(0, args.tags, size=2) for _ in range(n_posts)],
-                        np.zeros(n_posts, np.int64))
-    for workers in range(1, args.max_workers + 1):
-        model = TagSpaceModel(cfg)
-        trainer = HogwildTrainer(model, TrainConfig(epochs=1, workers=workers,
-                                                    batch_size=args.batch // workers), 0, 1)
-        trainer.fit(data, progress=False)  # warm-up epoch
-        stats = trainer.fit(data, progress=False)[0]
-        scaling[workers] = stats.examples / stats.seconds
-        print(f"Hogwild {workers} worker(s): {scaling[workers]:.0f} posts/s "
-              f"(x{scaling[workers] / scaling[1]:.2f})")
-    results["hogwild_posts_per_s"] = scaling
-
-    small = word_ids[:32], gold[:32]
-    for warp in ("block", "sequential"):
-        worker = HogwildWorker(TagSpaceModel(cfg), TrainConfig(warp=warp, negatives=args.negatives),
+    print(results["machine"])
+    pos = torch.from_numpy(np.array([g[0] for g in gold])).to(device)
+    negs = torch.from_numpy(rng.integers(0, args.tags, size=args.negatives)).to(device)
+    valid = torch.ones(batch, args.negatives, dtype=torch.bool, device=device)
+    for name in dtypes:
+        dtype = DTYPES[name]
+        peak = matmul_gflops(device, dtype, min(args.seconds, 3.0))
+        out: dict[str, Any] = {"matmul_gflops": peak}
+        print(f"{name} matmul: {peak:.1f} GFLOP/s")
+        worker = HogwildWorker(TagSpaceModel(cfg).to(device),
+                               TrainConfig(negatives=args.negatives, bf16=bf16_choice(name)),
                                0, 0, 1)
-        runs, secs = timed(lambda w=worker: w.step(*small), args.seconds)
-        results[f"{warp}_warp_posts_per_s_batch32"] = runs * 32 / secs
-        print(f"{warp} WARP, batch 32: {runs * 32 / secs:.0f} posts/s")
-
+        steps = {
+            "plain_step": plain_step_fn(cfg, device, dtype, ids, mask, pos, negs, valid),
+            "hogwild_step": lambda w=worker: w.step(word_ids, gold),
+        }
+        for step_name, fn in steps.items():
+            runs, secs = timed(fn, args.seconds, device)
+            rate, gflops = runs * batch / secs, runs * flops / secs / 1e9
+            out[step_name] = {"posts_per_s": rate, "gflops": gflops, "of_matmul": gflops / peak}
+            print(f"{name} {step_name}: {rate:.0f} posts/s, {gflops:.1f} GFLOP/s = "
+                  f"{gflops / peak:.0%} of the {name} matmul")
+        if args.profile:
+            step = steps["hogwild_step"]
+            with paper_order(), autocast(device, dtype):  # the step before window_max
+                before = profile_step(step, 5, device)
+            out["profile_ms_per_step"] = {"paper_order": before,
+                                          "fused": profile_step(step, 5, device)}
+            print_profile(name, out["profile_ms_per_step"])
+        if not on_gpu:
+            out["hogwild_posts_per_s"] = hogwild_scaling(cfg, args, name, rng)
+        results[name] = out
+    if not on_gpu:
+        results["warp_posts_per_s_batch32"] = warp_samplers(cfg, args, word_ids, gold)
+    if "bf16" in results:
+        ratio = results["bf16"]["hogwild_step"]["posts_per_s"] / \
+            results["fp32"]["hogwild_step"]["posts_per_s"]
+        results["bf16_over_fp32_step"] = ratio
+        print(f"bf16 step / fp32 step: x{ratio:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
             f.write("\n")
+
+
+def bf16_choice(name: str) -> str:
+    return "on" if name == "bf16" else "off"
+
+
+def hogwild_scaling(cfg: ModelConfig, args: Any, name: str,
+                    rng: np.random.Generator) -> dict[int, float]:
+    scaling: dict[int, float] = {}
+    n_posts = 256 * 24
+    data = EncodedPosts([rng.integers(2, args.words, size=args.length) for _ in range(n_posts)],
+                        [rng.integers(0, args.tags, size=2) for _ in range(n_posts)],
+                        np.zeros(n_posts, np.int64))
+    for workers in range(1, args.max_workers + 1):
+        trainer = HogwildTrainer(TagSpaceModel(cfg), TrainConfig(
+            epochs=1, workers=workers, batch_size=256 // workers, bf16=bf16_choice(name)), 0, 1)
+        trainer.fit(data, progress=False)  # warm-up epoch
+        stats = trainer.fit(data, progress=False)[0]
+        scaling[workers] = stats.examples / stats.seconds
+        print(f"{name} Hogwild {workers} worker(s): {scaling[workers]:.0f} posts/s "
+              f"(x{scaling[workers] / scaling[1]:.2f})")
+    return scaling
+
+
+def warp_samplers(cfg: ModelConfig, args: Any, word_ids: list[np.ndarray],
+                  gold: list[np.ndarray]) -> dict[str, float]:
+    out = {}
+    small = word_ids[:32], gold[:32]
+    for warp in ("block", "sequential"):
+        worker = HogwildWorker(TagSpaceModel(cfg), TrainConfig(warp=warp, negatives=args.negatives,
+                                                               bf16="off"), 0, 0, 1)
+        runs, secs = timed(lambda w=worker: w.step(*small), args.seconds, torch.device("cpu"))
+        out[warp] = runs * 32 / secs
+        print(f"{warp} WARP, batch 32, fp32: {out[warp]:.0f} posts/s")
+    return out
+
+
+def print_profile(name: str, profiles: dict[str, dict[str, float]]) -> None:
+    before, after = profiles["paper_order"], profiles["fused"]
+    print(f"{name} step by kind of work, ms per step (paper order -> fused window max):")
+    for kind in before:
+        print(f"  {kind:32s} {before[kind]:8.2f} -> {after[kind]:8.2f}")
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), platform.processor())
+    return (f"{model} ({platform.machine()}), {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
 
 
 if __name__ == "__main__":
