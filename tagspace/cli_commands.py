@@ -23,6 +23,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dim", type=int, default=256, help="embedding dimension d")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--json", type=Path, help="write the validation metrics as JSON")
+    g = p.add_argument_group("data larger than memory")
+    g.add_argument("--stream", action="store_true",
+                   help="read --data from disk on every pass instead of holding its posts: one "
+                   "pass builds the vocabularies, each epoch is a buffered shuffle (the "
+                   "author-history weights are not tuned: they would hold every author's posts)")
+    g.add_argument("--shuffle-buffer", type=int, default=100_000,
+                   help="with --stream: posts held for shuffling (larger: closer to a full "
+                   "shuffle, more memory)")
     add_format(p)
     add_training_options(p)
 
@@ -88,12 +96,16 @@ def cmd_train(args: Any) -> int:
 
     from tagspace.bow import BagOfWords
     from tagspace.checkpoint import Checkpoint, check_writable, save_checkpoint
+    from tagspace.dataset import Post
     from tagspace.evaluate import evaluate
     from tagspace.personalize import AuthorProfiles, save_personalization, tune_weights
+    from tagspace.stream import PostFiles
     from tagspace.training import build_vocabularies, train_tagger
 
     check_writable(args.out)  # fail now, not after an hour of training
-    posts = load_posts(args.data, args.format, require_tags=True, require_tokens=True)
+    posts: list[Post] | PostFiles = (
+        PostFiles(args.data, args.format) if args.stream
+        else load_posts(args.data, args.format, require_tags=True, require_tokens=True))
     valid = load_posts([args.valid], args.format, require_tags=True) if args.valid else None
     train_cfg, model_cfg, vocab_cfg = train_configs(args, args.model)
     progress = not args.quiet
@@ -105,10 +117,10 @@ def cmd_train(args: Any) -> int:
             wsabie_cfg = replace(train_cfg, epochs=args.init_epochs, lr=0.05)
             init = train_tagger(posts, "wsabie", replace(model_cfg, word_tag_share=False),
                                 wsabie_cfg, progress=progress,
-                                vocabularies=vocabs)
+                                vocabularies=vocabs, shuffle_buffer=args.shuffle_buffer)
         tagger = train_tagger(  # logs each epoch unless --quiet
             posts, args.model, model_cfg, train_cfg, progress=progress, vocabularies=vocabs,
-            init_from=init,
+            init_from=init, shuffle_buffer=args.shuffle_buffer,
         )
     bow = None
     extra: dict[str, Any] = {"train_seconds": round(timer.seconds, 1),
@@ -118,7 +130,9 @@ def cmd_train(args: Any) -> int:
         print(f"validation ({args.valid}):")
         print_metrics(metrics.to_dict(), args.json)
         extra["valid"] = metrics.to_dict()
-        profiles = AuthorProfiles.from_posts(posts)
+        profiles = AuthorProfiles.from_posts(posts if isinstance(posts, list) else ())
+        if isinstance(posts, PostFiles):
+            log.info("--stream: the author-history weights are not tuned")
         if len(profiles) and any(p.user_id for p in valid):
             # the IDF of the lexical term: the training authors' posts, stored with the model
             bow = BagOfWords([t for h in profiles.histories.values() for t in h.post_tokens])

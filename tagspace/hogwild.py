@@ -17,7 +17,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from tagspace.batch import EncodedPosts, make_batch
 from tagspace.model import ConvEncoder, TagSpaceModel
 from tagspace.precision import check_choice, use_bf16
+from tagspace.stream import StreamedPosts
 from tagspace.warp import WarpStats, block_warp_loss, sample_sequential_negatives
 
 WARP_MODES = ("block", "sequential")
@@ -302,14 +303,21 @@ class HogwildTrainer:
 
     def fit(
         self,
-        data: EncodedPosts,
+        data: EncodedPosts | StreamedPosts,
         on_epoch: Callable[[EpochStats], None] | None = None,
         progress: bool = True,
         desc: str = "train",
     ) -> list[EpochStats]:
-        usable = np.flatnonzero([len(t) > 0 for t in data.tags])
-        if len(usable) == 0:
-            raise ValueError("no training post has a known tag")
+        """Train for ``config.epochs`` on posts in memory or streamed from files; each worker
+        takes the next batch when it is done with its last (the batches run in order)."""
+        total = None
+        if isinstance(data, EncodedPosts):
+            usable = np.flatnonzero([len(t) > 0 for t in data.tags])
+            if len(usable) == 0:
+                raise ValueError("no training post has a known tag")
+            total = len(usable)
+        else:
+            total = data.size_hint
         threads_each = max(1, (os.cpu_count() or 1) // self.config.workers)
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads_each)
@@ -317,19 +325,16 @@ class HogwildTrainer:
         try:
             for epoch in range(1, self.config.epochs + 1):
                 start = time.perf_counter()
-                order = self.rng.permutation(usable)
-                bs = self.config.batch_size
-                batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+                batches = _Batches(self._epoch_batches(data))
                 bar = tqdm(
-                    total=len(order), desc=f"{desc} epoch {epoch}/{self.config.epochs}",
+                    total=total, desc=f"{desc} epoch {epoch}/{self.config.epochs}",
                     unit="post", disable=not progress, leave=False,
                 )
                 losses = [0.0] * len(self.workers)
+                examples = [0] * len(self.workers)
                 threads = [
-                    threading.Thread(
-                        target=self._run, args=(w, batches[r :: len(self.workers)], data,
-                                                losses, r, bar), daemon=True,
-                    )
+                    threading.Thread(target=self._run, args=(w, batches, losses, examples, r, bar),
+                                     daemon=True)
                     for r, w in enumerate(self.workers)
                 ]
                 for t in threads:
@@ -339,8 +344,10 @@ class HogwildTrainer:
                 bar.close()
                 if self._errors:
                     raise RuntimeError("a Hogwild worker failed") from self._errors[0]
+                if sum(examples) == 0:
+                    raise ValueError("no training post has a known tag")
                 self._check_finite()
-                stats = EpochStats(epoch, len(order), sum(losses) / len(order),
+                stats = EpochStats(epoch, sum(examples), sum(losses) / sum(examples),
                                    time.perf_counter() - start)
                 history.append(stats)
                 if on_epoch:
@@ -349,15 +356,37 @@ class HogwildTrainer:
             torch.set_num_threads(previous_threads)
         return history
 
-    def _run(self, worker: HogwildWorker, batches: list[np.ndarray], data: EncodedPosts,
-             losses: list[float], rank: int, bar: tqdm) -> None:
+    def _epoch_batches(self, data: EncodedPosts | StreamedPosts
+                       ) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
+        bs = self.config.batch_size
+        if isinstance(data, EncodedPosts):
+            order = self.rng.permutation(np.flatnonzero([len(t) > 0 for t in data.tags]))
+            for i in range(0, len(order), bs):
+                idx = order[i : i + bs]
+                yield [data.words[j] for j in idx], [data.tags[j] for j in idx]
+            return
+        words: list[np.ndarray] = []
+        tags: list[np.ndarray] = []
+        for w, t in data.epoch(self.rng):
+            words.append(w)
+            tags.append(t)
+            if len(words) == bs:
+                yield words, tags
+                words, tags = [], []
+        if words:
+            yield words, tags
+
+    def _run(self, worker: HogwildWorker, batches: _Batches, losses: list[float],
+             examples: list[int], rank: int, bar: tqdm) -> None:
         try:
-            for idx in batches:
-                stats = worker.step([data.words[i] for i in idx], [data.tags[i] for i in idx])
+            while (batch := batches.next()) is not None:
+                stats = worker.step(*batch)
                 losses[rank] += stats.loss
-                bar.update(len(idx))
+                examples[rank] += stats.examples
+                bar.update(stats.examples)
         except BaseException as e:  # re-raised by fit() in the main thread
             self._errors.append(e)
+            batches.close()  # the other workers stop too
 
     def _check_finite(self) -> None:
         for name, p in self.model.named_parameters():
@@ -365,3 +394,25 @@ class HogwildTrainer:
                 raise FloatingPointError(
                     f"parameter {name} is no longer finite: lower the learning rate"
                 )
+
+
+class _Batches:
+    """One epoch's batches, shared by the worker threads: each takes the next when ready (a
+    streamed epoch is read from its files by whichever worker needs a batch)."""
+
+    def __init__(self, batches: Iterator[tuple[list[np.ndarray], list[np.ndarray]]]):
+        self._batches: Iterator[tuple[list[np.ndarray], list[np.ndarray]]] | None = batches
+        self._lock = threading.Lock()
+
+    def next(self) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+        with self._lock:
+            if self._batches is None:
+                return None
+            batch = next(self._batches, None)
+            if batch is None:
+                self._batches = None
+            return batch
+
+    def close(self) -> None:
+        with self._lock:
+            self._batches = None

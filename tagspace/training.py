@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -14,8 +14,9 @@ from tagspace.dataset import Post
 from tagspace.hogwild import EpochStats, HogwildTrainer, TrainConfig
 from tagspace.model import ModelConfig, TagSpaceModel
 from tagspace.progress import is_terminal
+from tagspace.stream import DEFAULT_BUFFER, PostFiles, StreamedPosts
 from tagspace.tagger import Tagger
-from tagspace.vocab import Vocabulary
+from tagspace.vocab import TokenCounter, Vocabulary
 
 log = logging.getLogger(__name__)
 MODELS = {"tagspace": "conv", "wsabie": "bag"}
@@ -27,23 +28,33 @@ class VocabConfig:
     max_words: int = 1_000_000  # the paper's 1M words
     min_tag_count: int = 1
     max_tags: int = 100_000  # the paper's 100k tags
+    # Distinct words (and tags) counted at once; the rarest are pruned past it (TokenCounter).
+    # 10M: a few GB of counts at most, far above any vocabulary kept.
+    max_distinct_words: int | None = 10_000_000
 
 
-def build_vocabularies(posts: Sequence[Post], config: VocabConfig) -> tuple[Vocabulary, Vocabulary]:
-    words = Vocabulary.build(
-        (p.tokens for p in posts), min_count=config.min_word_count,
-        max_size=config.max_words, specials=WORD_SPECIALS,
-    )
-    tags = Vocabulary.build(
-        (p.tags for p in posts), min_count=config.min_tag_count, max_size=config.max_tags
-    )
+def build_vocabularies(posts: Iterable[Post], config: VocabConfig) -> tuple[Vocabulary, Vocabulary]:
+    """Both vocabularies in one pass over ``posts`` (which may be files read as they go)."""
+    word_counts = TokenCounter(config.max_distinct_words)
+    tag_counts = TokenCounter(config.max_distinct_words)
+    for post in posts:
+        word_counts.update(post.tokens)
+        tag_counts.update(post.tags)
+    for kind, counts in (("word", word_counts), ("tag", tag_counts)):
+        if counts.pruned:
+            log.info("%s counts pruned %d times to stay under %d distinct (approximate below "
+                     "%d occurrences)", kind, counts.pruned, counts.max_distinct, counts.floor)
+    words = Vocabulary.from_counts(word_counts, min_count=config.min_word_count,
+                                   max_size=config.max_words, specials=WORD_SPECIALS)
+    tags = Vocabulary.from_counts(tag_counts, min_count=config.min_tag_count,
+                                  max_size=config.max_tags)
     if len(tags) == 0:
         raise ValueError("the training data has no hashtags: nothing to learn")
     return words, tags
 
 
 def train_tagger(
-    posts: Sequence[Post],
+    posts: Sequence[Post] | PostFiles,
     model_name: str,
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -52,8 +63,11 @@ def train_tagger(
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool = True,
     vocabularies: tuple[Vocabulary, Vocabulary] | None = None,
+    shuffle_buffer: int = DEFAULT_BUFFER,
 ) -> Tagger:
-    """Train ``model_name`` ("tagspace" or "wsabie") on ``posts`` that carry tags.
+    """Train ``model_name`` ("tagspace" or "wsabie") on ``posts`` that carry tags: a list in
+    memory, or ``PostFiles`` streamed from disk every epoch (``tagspace.stream``) and
+    shuffled in a buffer of ``shuffle_buffer`` posts.
 
     ``init_from``: a trained model over the same vocabularies whose lookup tables seed this one
     (the paper initialises #TagSpace from WSABIE "to expedite convergence").
@@ -67,7 +81,11 @@ def train_tagger(
     model.link_words_to_tags(words.tokens, {t: i for i, t in enumerate(tags.tokens)})
     if init_from is not None:
         _copy_lookup_tables(init_from, model, words, tags)
-    data = EncodedPosts.encode(posts, words, tags)
+    data: EncodedPosts | StreamedPosts
+    if isinstance(posts, PostFiles):
+        data = StreamedPosts(posts, words, tags, shuffle_buffer, size_hint=posts.size_hint)
+    else:
+        data = EncodedPosts.encode(posts, words, tags)
     pad_id, unk_id = special_ids(words)
     model.to(train_config.device)
     trainer = HogwildTrainer(model, train_config, pad_id, unk_id)

@@ -37,14 +37,23 @@ class Vocabulary:
         min_count: int = 1,
         max_size: int | None = None,
         specials: Sequence[str] = (),
+        max_distinct: int | None = None,
     ) -> Vocabulary:
-        """Count tokens over ``streams`` (one iterable per post) and keep the frequent ones."""
-        if min_count < 1:
-            raise ValueError(f"min_count must be >= 1, got {min_count}")
-        counter: Counter[str] = Counter()
+        """Count tokens over ``streams`` (one iterable per post) and keep the frequent ones
+        (``max_distinct``: see ``TokenCounter``)."""
+        counter = TokenCounter(max_distinct)
         for stream in streams:
             counter.update(stream)
-        kept = [(t, c) for t, c in counter.most_common() if c >= min_count and t not in specials]
+        return cls.from_counts(counter, min_count=min_count, max_size=max_size,
+                               specials=specials)
+
+    @classmethod
+    def from_counts(cls, counter: TokenCounter, *, min_count: int = 1,
+                    max_size: int | None = None, specials: Sequence[str] = ()) -> Vocabulary:
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        kept = [(t, c) for t, c in counter.counts.most_common()
+                if c >= min_count and t not in specials]
         if max_size is not None:
             kept = kept[: max(0, max_size - len(specials))]
         return cls([t for t, _ in kept], [c for _, c in kept], specials)
@@ -90,6 +99,28 @@ class Vocabulary:
         if head != tuple(specials):
             raise ValueError(f"{path}: expected specials {specials}, found {head}")
         return cls(tokens[len(specials) :], counts[len(specials) :], specials)
+
+
+class TokenCounter:
+    """Token counts, at most ``max_distinct`` tokens at once (None: no limit) for data larger
+    than memory. Past the limit the rarest are dropped, word2vec's and gensim's
+    ``max_vocab_size`` rule: every token seen at most ``floor`` times, the floor rising by one
+    each time, so a kept token's count can be short by what it had when it was dropped."""
+
+    def __init__(self, max_distinct: int | None = None):
+        if max_distinct is not None and max_distinct < 1:
+            raise ValueError(f"max_distinct must be >= 1, got {max_distinct}")
+        self.max_distinct = max_distinct
+        self.counts: Counter[str] = Counter()
+        self.floor = 1
+        self.pruned = 0  # prunings so far: 0 means the counts are exact
+
+    def update(self, tokens: Iterable[str]) -> None:
+        self.counts.update(tokens)
+        if self.max_distinct is not None and len(self.counts) > self.max_distinct:
+            self.counts = Counter({t: c for t, c in self.counts.items() if c > self.floor})
+            self.floor += 1
+            self.pruned += 1
 
 
 def _escape(token: str) -> str:
