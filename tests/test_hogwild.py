@@ -125,3 +125,15 @@ def test_the_sequential_sampler_refuses_a_model_off_the_cpu():
     model = make_model().to("meta")  # no storage: enough to see the check, on any machine
     with pytest.raises(ValueError, match="block WARP"):
         HogwildWorker(model, TrainConfig(warp="sequential"), rank=0, pad_id=0, unk_id=1)
+
+
+def test_gold_draws_are_masked_exactly_as_a_full_comparison_would():
+    from tagspace.hogwild import _not_gold
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        negs = rng.integers(0, 30, size=int(rng.integers(1, 60)))
+        gold = [rng.integers(0, 30, size=int(rng.integers(1, 4)))
+                for _ in range(int(rng.integers(1, 9)))]
+        every_pair = np.array([[n not in g for n in negs] for g in gold])
+        np.testing.assert_array_equal(_not_gold(negs, gold), every_pair)
