@@ -54,7 +54,8 @@ KINDS = {
     "row gather/scatter": ("aten::index", "aten::_index_put_impl_", "aten::index_add_",
                            "aten::scatter_add_", "aten::embedding_dense_backward",
                            "aten::_unique2", "aten::index_select"),
-    "AdaGrad": ("aten::addcmul_", "aten::addcdiv_", "aten::sqrt", "aten::pow", "aten::add_"),
+    "AdaGrad, in-place adds": ("aten::addcmul_", "aten::addcdiv_", "aten::sqrt", "aten::pow",
+                               "aten::add_"),
 }
 
 
