@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from tagspace.window_max import window_max
+from tagspace.window_max import plain_window_max, window_max
 
 ENCODERS = ("conv", "bag")
 
@@ -67,12 +67,15 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: (B, L, d) vectors, boundary padding included; mask: (B, W) valid windows."""
-        dtype = self.compute_dtype
-        if torch.is_autocast_enabled(x.device.type):
-            dtype = torch.get_autocast_dtype(x.device.type)
         # tanh(max over time of tanh(conv)), with the max taken first (``tagspace.window_max``)
-        h = torch.tanh(window_max(x, mask, self.conv.weight, self.conv.bias, self.kernel, dtype))
-        return self.out(self.dropout(torch.tanh(h)))  # (B, d)
+        if torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad):
+            dtype = self.compute_dtype
+            if torch.is_autocast_enabled(x.device.type):
+                dtype = torch.get_autocast_dtype(x.device.type)
+            h = window_max(x, mask, self.conv.weight, self.conv.bias, self.kernel, dtype)
+        else:  # inference: the same function without autograd's machinery (30 us a post)
+            h = plain_window_max(x, mask, self.conv, self.kernel, self.compute_dtype)
+        return self.out(self.dropout(torch.tanh(torch.tanh(h))))  # (B, d)
 
 
 class BagEncoder(nn.Module):

@@ -68,3 +68,18 @@ def window_max(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: 
                kernel: int, dtype: torch.dtype) -> torch.Tensor:
     out: torch.Tensor = WindowMax.apply(x, mask, weight, bias, kernel, dtype)
     return out
+
+
+def plain_window_max(x: torch.Tensor, mask: torch.Tensor, conv: torch.nn.Linear, kernel: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """``window_max`` where no gradient is needed: plain ops, so an enclosing autocast region
+    casts (and caches) the weights as it does for any ``nn.Linear``."""
+    batch, windows = mask.shape
+    if dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, dtype=dtype):
+            return plain_window_max(x, mask, conv, kernel, dtype)
+    win = x.unfold(1, kernel, 1).transpose(2, 3).reshape(batch, windows, -1)
+    z = torch.nn.functional.linear(win, conv.weight)  # (B, W, H), the bias after the max
+    if not bool(mask.all()):
+        z = z.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    return z.amax(dim=1).to(x.dtype) + conv.bias

@@ -87,3 +87,17 @@ def test_padding_windows_never_win_the_max(length):
         in_batch = model.embed_posts(ids, mask)[0]
     assert not torch.allclose(alone, alone_padded_big)  # boundary padding is part of the post
     torch.testing.assert_close(in_batch, alone_padded_big)  # but the tail's windows are not
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_takes_a_plain_path_to_the_same_embedding(dtype):
+    torch.manual_seed(0)
+    config = ModelConfig(dim=16, hidden=64, n_words=40, n_tags=3)
+    model = TagSpaceModel(config)
+    model.encoder.compute_dtype = dtype
+    ids, mask = batch_of_posts(config)
+    trained_path = model.embed_posts(ids, mask)  # grad on: the autograd function
+    with torch.no_grad():
+        served_path = model.embed_posts(ids, mask)
+    torch.testing.assert_close(served_path, trained_path.detach(),
+                               **({} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 0}))
