@@ -23,6 +23,12 @@ def batch_of_posts(config: ModelConfig, seed: int = 0):
     return make_batch([rng.integers(2, config.n_words, size=n) for n in lengths], config, 0, 1)
 
 
+def model_and_batch(**config_fields):
+    torch.manual_seed(0)
+    config = ModelConfig(n_words=40, n_tags=3, **config_fields)
+    return TagSpaceModel(config), *batch_of_posts(config)
+
+
 def grads(out: torch.Tensor, model: TagSpaceModel) -> list[torch.Tensor]:
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     params = [model.word_emb, model.encoder.conv.weight, model.encoder.conv.bias]
@@ -30,10 +36,7 @@ def grads(out: torch.Tensor, model: TagSpaceModel) -> list[torch.Tensor]:
 
 
 def test_the_fused_layer_computes_the_papers_embedding_and_gradients():
-    torch.manual_seed(0)
-    config = ModelConfig(dim=8, kernel=3, hidden=20, n_words=40, n_tags=3)
-    model = TagSpaceModel(config)
-    ids, mask = batch_of_posts(config)
+    model, ids, mask = model_and_batch(dim=8, kernel=3, hidden=20)
     fused = model.embed_posts(ids, mask)
     reference = paper_order(model, model.word_emb[ids], mask)
     torch.testing.assert_close(fused, reference)
@@ -42,10 +45,7 @@ def test_the_fused_layer_computes_the_papers_embedding_and_gradients():
 
 
 def test_bf16_gemms_stay_close_to_fp32_and_keep_fp32_gradients():
-    torch.manual_seed(0)
-    config = ModelConfig(dim=16, kernel=5, hidden=64, n_words=40, n_tags=3)
-    model = TagSpaceModel(config)
-    ids, mask = batch_of_posts(config)
+    model, ids, mask = model_and_batch(dim=16, kernel=5, hidden=64)
     exact = model.embed_posts(ids, mask)
     exact_grads = grads(exact, model)
     model.encoder.compute_dtype = torch.bfloat16
@@ -60,10 +60,7 @@ def test_bf16_gemms_stay_close_to_fp32_and_keep_fp32_gradients():
 
 
 def test_autocast_chooses_the_dtype_of_the_gemms():
-    torch.manual_seed(0)
-    config = ModelConfig(dim=16, hidden=64, n_words=40, n_tags=3)
-    model = TagSpaceModel(config)
-    ids, mask = batch_of_posts(config)
+    model, ids, mask = model_and_batch(dim=16, hidden=64)
     with torch.no_grad():
         exact = model.embed_posts(ids, mask)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -91,11 +88,8 @@ def test_padding_windows_never_win_the_max(length):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_inference_takes_a_plain_path_to_the_same_embedding(dtype):
-    torch.manual_seed(0)
-    config = ModelConfig(dim=16, hidden=64, n_words=40, n_tags=3)
-    model = TagSpaceModel(config)
+    model, ids, mask = model_and_batch(dim=16, hidden=64)
     model.encoder.compute_dtype = dtype
-    ids, mask = batch_of_posts(config)
     trained_path = model.embed_posts(ids, mask)  # grad on: the autograd function
     with torch.no_grad():
         served_path = model.embed_posts(ids, mask)
