@@ -16,6 +16,8 @@ comparison that marks where each maximum is, and the gradient spread onto those 
 inputs, the outputs and the gradients stay in the caller's dtype, so the lookup tables'
 gradients are summed in fp32 (a word repeated in a batch adds up many window gradients).
 A tie between windows sends the gradient to each of them (ties have probability ~0 in practice).
+Where no gradient is wanted (serving, ingestion) ``plain_window_max`` computes the same with plain
+ops: the function's machinery and a weight cast per call cost a one-post encode 30-190 us.
 """
 
 from __future__ import annotations
