@@ -21,6 +21,7 @@ from tagspace.precision import CHOICES as PRECISION_CHOICES
 
 ENV_PREFIX = "TAGSPACE_"
 ROLES = ("all", "serve", "trainer")
+SIGNED = frozenset({"serve_nice"})  # numeric settings that may be 0 or negative
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
 
 
@@ -53,6 +54,10 @@ class Settings:
     serve_processes: int = _s(1, "serving processes (with serve_process): each answers on one "
                               "core, the kernel spreads connections over them; about one per "
                               "core that serving may take")
+    serve_nice: int = _s(-10, "nice value of the serving processes (with serve_process): "
+                         "below 0 their requests take the CPU before ingestion, the trainer "
+                         "and the rest of the machine's work (-20 to 19; below 0 needs root or "
+                         "CAP_SYS_NICE, else they stay at 0 and say so in the log)")
     http_threads: int = _s(8, "threads that run the HTTP handlers (suggest, feed, ...): a few "
                            "per core; more only contend for the GIL")
     request_timeout_s: float = _s(10.0, "a connection whose request (headers and body) has "
@@ -172,8 +177,10 @@ class Settings:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and \
-                    not (math.isfinite(value) and value > 0):
+                    f.name not in SIGNED and not (math.isfinite(value) and value > 0):
                 raise bad(f.name, f"must be a finite number > 0, got {value}")
+        if not -20 <= self.serve_nice <= 19:
+            raise bad("serve_nice", f"must be a nice value, -20 to 19, got {self.serve_nice}")
         if self.role not in ROLES:
             raise bad("role", f"{self.role!r} is not one of {', '.join(ROLES)}")
         if self.train_queue < self.max_poll_records:

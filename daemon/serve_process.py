@@ -401,6 +401,7 @@ def _child_main(parent: int, settings: Settings, spec: dict[str, Any], conn: Any
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
     logging.basicConfig(level=settings.log_level.upper(), format=(
         "%(asctime)s %(levelname)s %(name)s [server]: %(message)s"))
+    _set_priority(settings.serve_nice)  # before any thread starts: they inherit it
     logging.getLogger("kafka").setLevel(logging.WARNING)
     link = Link(conn)
     try:
@@ -437,6 +438,27 @@ def _child_main(parent: int, settings: Settings, spec: dict[str, Any], conn: Any
     server.should_exit = True
     threads[2].join(5.0)
 
+
+
+def _set_priority(niceness: int) -> None:
+    """Every thread of this process at ``niceness``, and so the threads it starts later (they
+    inherit it; the ones already running, started while the spawn unpickled, are set by their
+    ids). Priority is what keeps serving ahead of the rest of a busy machine (docs/DAEMON.md,
+    docs/PERFORMANCE.md). All threads at one value: a request thread waiting for the GIL held
+    by a lower-priority maintenance thread would wait for that thread's CPU too."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: the calling thread only
+        tids = [threading.get_native_id()]
+    try:
+        for tid in tids:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+            except ProcessLookupError:  # a thread that ended meanwhile
+                pass
+    except (AttributeError, OSError) as e:
+        log.warning("serving process %d not at serve_nice %d (%s; below 0 needs root or "
+                    "CAP_SYS_NICE)", os.getpid(), niceness, e)
 
 
 def _lower_this_threads_priority(niceness: int = 10) -> None:

@@ -337,3 +337,12 @@ def test_ingest_bf16_takes_its_three_choices_only() -> None:
     assert load(TAGSPACE_INGEST_BF16="off").ingest_bf16 == "off"
     message = config_error(TAGSPACE_INGEST_BF16="fast")
     assert "ingest_bf16" in message and "auto, on, off" in message
+
+
+def test_serve_nice_takes_nice_values_zero_and_negative_included() -> None:
+    assert Settings().serve_nice == -10
+    assert load(TAGSPACE_SERVE_NICE="0").serve_nice == 0
+    assert load(TAGSPACE_SERVE_NICE="-20").serve_nice == -20
+    assert "serve_nice" in config_error(TAGSPACE_SERVE_NICE="20")
+    assert "serve_nice" in config_error(TAGSPACE_SERVE_NICE="-21")
+    assert "must be a finite number > 0" in config_error(TAGSPACE_WORKERS="0")  # others still

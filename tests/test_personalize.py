@@ -168,14 +168,15 @@ def test_compact_columns_rank_as_the_full_matrix_with_free_rows():
     assert np.isinf(full[:, [1, 4]]).all()
 
 
-def test_the_query_tfidf_and_lexical_cosines_are_the_same_bits_as_scikit_learns():
-    """The request path's TF-IDF of one post (no scikit-learn call) and its cosines to the past
-    posts equal ``BagOfWords.transform`` and the sparse product exactly, on real posts."""
+def test_the_request_paths_tfidf_and_lexical_cosines_are_the_same_bits_as_scikit_learns():
+    """The request path's TF-IDF of one post and of an author's past posts (no scikit-learn
+    call) and the cosines between them equal ``BagOfWords.transform`` and the sparse product
+    exactly, on real posts."""
     from pathlib import Path
 
     from tagspace.bow import BagOfWords
     from tagspace.dataset import read_posts
-    from tagspace.personalize import _lexical_sims, tfidf_row
+    from tagspace.personalize import _lexical_sims, tfidf_row, tfidf_rows
 
     cooking = Path(__file__).resolve().parents[1] / "data/cooking/cooking.train"
     docs = [p.tokens for p in read_posts(cooking)][:3000]
@@ -186,7 +187,12 @@ def test_the_query_tfidf_and_lexical_cosines_are_the_same_bits_as_scikit_learns(
         ids, weights = tfidf_row(bow, tokens)
         assert ids.tolist() == batch[i].indices.tolist()
         assert weights.tolist() == batch[i].data.tolist()  # == on floats: the same bits
-    past = bow.transform(docs[:200])
+    rows = tfidf_rows(bow, docs)
+    assert rows.shape == batch.shape
+    for name in ("indptr", "indices", "data"):
+        assert getattr(rows, name).tolist() == getattr(batch, name).tolist()
+    assert tfidf_rows(bow, []).shape == (0, batch.shape[1])
+    past = tfidf_rows(bow, docs[:200])
     for tokens in docs[2000:2100] + docs[-4:]:
         expected = (past @ bow.transform([tokens])[0].T).toarray()[:, 0]
         assert _lexical_sims(bow, tokens, past).tolist() == expected.tolist()

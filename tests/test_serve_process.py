@@ -84,3 +84,23 @@ def test_a_killed_serving_process_is_started_again_and_its_counts_are_kept(daemo
     assert metric(text, "tagspace_server_restarts_total") == 1
     assert livez_count() >= 20  # the dead process's requests still counted
     assert httpx.post(f"{base}/v1/suggest", json={"text": "anything"}).status_code == 200
+
+
+def test_every_thread_of_the_serving_processes_runs_at_serve_nice(broker, redis_url, tmp_path):
+    """A positive value: allowed without privileges, so the test holds for any user."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    d = Daemon(settings_for(broker, redis_url, tmp_path / "model", train=False,
+                            serve_processes=2, serve_nice=7))
+    d.start()
+    try:
+        assert httpx.get(f"http://{d.settings.http_addr}/livez").status_code == 200
+        for pid in d.server.pids:
+            threads = {}
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                stat = open(f"/proc/{pid}/task/{tid}/stat").read()
+                threads[tid] = int(stat.rsplit(")", 1)[1].split()[16])  # field 19: nice
+            assert len(threads) > 3 and set(threads.values()) == {7}, threads
+        assert os.getpriority(os.PRIO_PROCESS, 0) == ours  # the daemon's own process unchanged
+    finally:
+        d.shutdown()
+        d.store.clear()
