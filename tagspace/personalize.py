@@ -425,14 +425,12 @@ def _tfidf_arrays(bow: BagOfWords, token_lists: Sequence[Sequence[str]]
     data += 1.0
     data *= idf[id_array]
     squares = (data * data).tolist()
-    norms = np.ones(len(token_lists), np.float64)
-    for r in range(len(token_lists)):
+    for start, end in itertools.pairwise(indptr):
         total = 0.0
-        for x in squares[indptr[r]:indptr[r + 1]]:
+        for x in squares[start:end]:
             total += x
         if total != 0.0:
-            norms[r] = math.sqrt(total)
-    data /= np.repeat(norms, np.diff(indptr))
+            data[start:end] /= math.sqrt(total)
     return data, id_array, np.asarray(indptr, np.int64)
 
 
