@@ -8,12 +8,19 @@ CPU multiplies bf16 natively) and, for large candidate sets, an ANN index
 
 Readers take ``snapshot()``: a view whose arrays are replaced, never edited (except the rows of
 re-embedded posts, replaced in place), so a request sees one consistent state without a lock.
+
+A post's row is found through its key (``CandidateView.row``): the post id -> key dict is shared
+by the views and only grows as posts arrive, since the keys of a view's rows are ascending; it
+is built anew only once it holds more gone posts than live ones (or a post comes back), and the
+views made before keep the old one. A Python dict of every row rebuilt at each refresh held the
+serving process's GIL for 1.4 ms at 25k candidates and 8.8 ms at 100k, twice a second.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
@@ -42,12 +49,29 @@ class CandidateView:
     authors: np.ndarray  # author codes, int64
     ts: np.ndarray
     vectors: np.ndarray  # unit rows, float32 (n, d)
-    position: dict[str, int]  # post id -> row
+    key_of: dict[str, int]  # post id -> key, for these rows and perhaps others (``row``)
     author_code: dict[str, int]  # user id -> code
-    versions: np.ndarray | None = None  # model version of each row, int64
-    keys: np.ndarray | None = None  # row serials, uint64, ascending: the ANN index's keys
+    versions: np.ndarray  # model version of each row, int64
+    keys: np.ndarray  # row serials, uint64, ascending: the ANN index's keys
     low: torch.Tensor | None = None  # the rows in bfloat16 (None: the scan runs in float32)
     ann: FeedIndex | None = None  # set while there are at least ANN_MIN_CANDIDATES rows
+
+    def row(self, post_id: str) -> int | None:
+        """The row of ``post_id`` in this view, None when it is not here."""
+        key = self.key_of.get(post_id)
+        if key is None:
+            return None
+        i = int(np.searchsorted(self.keys, key))
+        return i if i < len(self.keys) and int(self.keys[i]) == key else None
+
+    def rows(self, post_ids: Iterable[str]) -> np.ndarray:
+        """The rows of those of ``post_ids`` that are in this view (int64)."""
+        key_of = self.key_of
+        keys = np.fromiter((k for k in map(key_of.get, post_ids) if k is not None), np.uint64)
+        at = np.searchsorted(self.keys, keys)
+        inside = at < len(self.keys)
+        at, keys = at[inside], keys[inside]
+        return at[self.keys[at] == keys].astype(np.int64)
 
 
 @cache
@@ -78,6 +102,7 @@ class CandidateIndex:
         self._ann = ann
         self._lock = threading.Lock()
         self._author_code: dict[str, int] = {}
+        self._key_of: dict[str, int] = {}  # shared by the views (module docstring)
         self._next_key = 0
         self._view = self._make_view([], np.zeros(0, np.int64), np.zeros(0),
                                      np.zeros((0, dim), np.float32), np.zeros(0, np.int64),
@@ -90,9 +115,7 @@ class CandidateIndex:
     @property
     def versions(self) -> np.ndarray:
         """The model version of each row of the current snapshot."""
-        versions = self._view.versions
-        assert versions is not None
-        return versions
+        return self._view.versions
 
     @property
     def ann(self) -> FeedIndex | None:
@@ -106,9 +129,10 @@ class CandidateIndex:
         added = 0
         while True:
             rows = self.store.arrivals_after(self._cursor, FETCH)
-            known = self._view.position
+            view = self._view
             # a page can name a post twice (written again after its key expired): once
-            new = list(dict.fromkeys(post_id for _, post_id in rows if post_id not in known))
+            new = list(dict.fromkeys(post_id for _, post_id in rows
+                                     if view.row(post_id) is None))
             if new:
                 stored = self.store.posts(new)
                 keep = [s for s in stored if s is not None and s.embedding is not None
@@ -126,12 +150,18 @@ class CandidateIndex:
         vecs = unit_rows(np.stack([np.asarray(p.embedding) for p in posts]).astype(np.float32))
         with self._lock:
             old = self._view
-            assert old.versions is not None and old.keys is not None
             codes = [self._author_code.setdefault(p.user_id, len(self._author_code))
                      for p in posts]
-            new_keys = np.arange(self._next_key, self._next_key + len(posts), dtype=np.uint64)
+            first = self._next_key
+            new_keys = np.arange(first, first + len(posts), dtype=np.uint64)
             self._next_key += len(posts)
-            ids = old.ids + [p.post_id for p in posts]
+            new_ids = [p.post_id for p in posts]
+            key_of = self._key_of
+            if len(key_of) > 2 * len(old.ids) + FETCH or any(p in key_of for p in new_ids):
+                # more gone posts than live ones, or one back: a new dict (old views keep theirs)
+                key_of = self._key_of = dict(zip(old.ids, old.keys.tolist(), strict=True))
+            key_of.update(zip(new_ids, new_keys.tolist(), strict=True))
+            ids = old.ids + new_ids
             authors = np.concatenate([old.authors, np.asarray(codes, np.int64)])
             ts = np.concatenate([old.ts, [p.ts for p in posts]])
             vectors = np.concatenate([old.vectors, vecs])
@@ -158,11 +188,10 @@ class CandidateIndex:
     def _make_view(self, ids: list[str], authors: np.ndarray, ts: np.ndarray,
                    vectors: np.ndarray, versions: np.ndarray,
                    keys: np.ndarray) -> CandidateView:
-        position = {p: i for i, p in enumerate(ids)}
         low = torch.from_numpy(vectors).to(torch.bfloat16) if self.bf16 else None
         ann = (self._ann if self._ann is not None and len(ids) >= self.ann_min_candidates
                else None)
-        return CandidateView(ids, authors, ts, vectors, position, self._author_code,
+        return CandidateView(ids, authors, ts, vectors, self._key_of, self._author_code,
                              versions, keys, low, ann)
 
     def _publish(self, ids: list[str], authors: np.ndarray, ts: np.ndarray,
@@ -173,10 +202,9 @@ class CandidateIndex:
         """Re-embedded posts (this replica's re-embedder) replace their vectors."""
         with self._lock:
             view = self._view
-            assert view.versions is not None and view.keys is not None
             found: dict[int, np.ndarray] = {}  # row -> embedding (a post named twice: the last)
             for post_id, emb in zip(post_ids, embeddings, strict=True):
-                i = view.position.get(post_id)
+                i = view.row(post_id)
                 if i is not None:
                     found[i] = emb
             if not found:
@@ -193,7 +221,6 @@ class CandidateIndex:
     def remove(self, post_ids: list[str]) -> None:
         with self._lock:
             view, drop = self._view, set(post_ids)
-            assert view.versions is not None and view.keys is not None
             keep = np.array([i not in drop for i in view.ids], bool)
             if keep.all():
                 return

@@ -167,7 +167,7 @@ class FeedRanker:
 
     def ann_rank(self, view: CandidateView, history: np.ndarray, excluded: np.ndarray,
                   k: int) -> list[FeedItem] | None:
-        assert view.ann is not None and view.keys is not None
+        assert view.ann is not None
         keys = view.ann.search(history)
         at = np.searchsorted(view.keys, keys)
         inside = at < len(view.keys)
@@ -195,8 +195,7 @@ class FeedRanker:
     def _excluded(view: CandidateView, user_id: str, seen: list[str]) -> np.ndarray:
         """Rows never shown to the user: their own posts, and what they liked, shared, hid."""
         own = np.flatnonzero(view.authors == view.author_code.get(user_id, -1))
-        position = view.position
-        seen_rows = np.fromiter((position[p] for p in seen if p in position), np.int64)
+        seen_rows = view.rows(seen)
         return np.concatenate([own, seen_rows]) if len(seen_rows) else own
 
     def _history_vectors(self, state: FeedState, dim: int) -> np.ndarray | None:
@@ -255,7 +254,7 @@ class FeedRanker:
             popular = self._popular = (now, self.store.most_popular(COLD_START_POOL))
         likes = np.zeros(len(view.ids), np.float32)
         for post_id, count in popular[1].items():
-            i = view.position.get(post_id)
+            i = view.row(post_id)
             if i is not None:
                 likes[i] = count
         age = np.clip(now - view.ts, 0.0, None)

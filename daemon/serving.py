@@ -86,7 +86,7 @@ class Serving:
         budget = min(budget, REEMBED_BATCH)
         stale = self.feeds.take_stale(budget)
         view = self.candidates.snapshot()  # one view: ids and versions aligned
-        if len(stale) < budget and view.versions is not None:
+        if len(stale) < budget:
             wanted = set(stale)
             older = (view.versions < version).nonzero()[0][::-1][: budget]
             stale += [p for p in (view.ids[i] for i in older)

@@ -56,7 +56,8 @@ def check_consistent(view: CandidateView, index: CandidateIndex | None = None) -
     n = len(view.ids)
     assert view.authors.shape == (n,) and view.ts.shape == (n,)
     assert view.vectors.shape == (n, DIM) and view.vectors.dtype == np.float32
-    assert view.position == {p: i for i, p in enumerate(view.ids)}
+    assert [view.row(p) for p in view.ids] == list(range(n))
+    assert view.rows(view.ids).tolist() == list(range(n))
     assert len(set(view.ids)) == n  # no post twice
     if n:
         assert np.allclose(np.linalg.norm(view.vectors, axis=1), 1.0, atol=1e-5)
@@ -153,6 +154,33 @@ def test_capacity_keeps_the_newest_by_timestamp_in_arrival_order(store):
     check_consistent(index.snapshot(), index)
 
 
+def test_rows_stay_exact_through_evictions_and_a_post_that_comes_back(store, monkeypatch):
+    """Row lookups go through keys shared by the views: an evicted post is in no later view,
+    one that arrives again gets a row anew while older snapshots keep theirs, and the shared
+    lookup stays bounded however many posts pass through."""
+    monkeypatch.setattr(candidates_module, "FETCH", 3)
+    index = CandidateIndex(store, capacity=5, dim=DIM)
+    for i in range(5):
+        store.add(f"p{i}", ts=float(i))
+    index.refresh()
+    first = index.snapshot()
+    for i in range(5, 60):
+        store.add(f"p{i}", ts=float(i))
+        index.refresh()
+        view = index.snapshot()
+        check_consistent(view, index)
+        assert view.ids == [f"p{j}" for j in range(i - 4, i + 1)]
+        assert view.row("p0") is None and view.rows(["p0", f"p{i}"]).tolist() == [4]
+        assert len(view.key_of) <= 2 * 5 + 3 + 1
+    assert [first.row(f"p{i}") for i in range(5)] == list(range(5))  # the old view unchanged
+    store.add("p0", ts=100.0)  # p0 written again after its eviction: the newest now
+    index.refresh()
+    view = index.snapshot()
+    check_consistent(view, index)
+    assert view.ids[-1] == "p0" and view.row("p0") == 4
+    assert first.row("p0") == 0 and first.rows(["p3", "p0", "gone"]).tolist() == [3, 0]
+
+
 def test_a_snapshot_never_changes_under_a_reader(store):
     index = CandidateIndex(store, capacity=3, dim=DIM)
     for i in range(3):
@@ -165,7 +193,7 @@ def test_a_snapshot_never_changes_under_a_reader(store):
     index.refresh()  # trims past capacity
     index.remove(["p4"])
     assert before.ids == ids and np.array_equal(before.ts, ts)
-    assert np.array_equal(before.vectors, vectors) and before.position["p0"] == 0
+    assert np.array_equal(before.vectors, vectors) and before.row("p0") == 0
     assert index.snapshot() is not before
     assert index.snapshot().ids == ["p3", "p5"]
 

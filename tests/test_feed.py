@@ -163,7 +163,7 @@ def ann_view(vectors, authors, index=None):
         index = FeedIndex(vectors.shape[1], expansion_add=128, expansion_search=128,
                           neighbours=64)
         index.add(view.keys, view.vectors)
-    return CandidateView(view.ids, view.authors, view.ts, view.vectors, view.position,
+    return CandidateView(view.ids, view.authors, view.ts, view.vectors, view.key_of,
                          view.author_code, view.versions, view.keys, view.low, index)
 
 
@@ -202,7 +202,7 @@ def test_ann_rows_gone_from_the_view_are_dropped_and_too_few_fall_back_to_the_sc
     # a newer view without rows 0..99 (removed, the index not yet told): never returned
     keep = np.arange(100, 500)
     view = CandidateView([full.ids[i] for i in keep], full.authors[keep], full.ts[keep],
-                         full.vectors[keep], {full.ids[i]: j for j, i in enumerate(keep)},
+                         full.vectors[keep], full.key_of,
                          full.author_code, full.versions[keep], full.keys[keep],
                          full.low[keep], full.ann)
     r = ranker(FeedStore(), view)
