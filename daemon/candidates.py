@@ -129,10 +129,10 @@ class CandidateIndex:
         added = 0
         while True:
             rows = self.store.arrivals_after(self._cursor, FETCH)
-            view = self._view
+            view, page = self._view, [post_id for _, post_id in rows]
+            known = {view.ids[i] for i in view.rows(page).tolist()}
             # a page can name a post twice (written again after its key expired): once
-            new = list(dict.fromkeys(post_id for _, post_id in rows
-                                     if view.row(post_id) is None))
+            new = list(dict.fromkeys(p for p in page if p not in known))
             if new:
                 stored = self.store.posts(new)
                 keep = [s for s in stored if s is not None and s.embedding is not None
