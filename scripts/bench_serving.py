@@ -6,9 +6,11 @@ bench_daemon.py (a Tansu broker and a Redis), one daemon (training on unless --n
 background stream of posts, and the load generator. Two scenarios:
 
 - real: the daemon loads a copy of a `tagspace train` model of howyoutagtweets (--model; its
-  checkpoints never touch the original). `tagspace replay --synthesize-interactions 1.0` produces
-  train.csv to Kafka (posts and synthesized likes) and nothing is measured before the daemon has
-  ingested all of it (every record consumed, consumer lag 0, feeds no longer cold start).
+  checkpoints never touch the original). `tagspace replay --synthesize-interactions` produces
+  --replay-posts real posts to Kafka (train.csv, then valid.csv, then both again under new ids:
+  54,000 by default, the issue's set-up, with about 20k synthesized interactions) and nothing is
+  measured before the daemon has ingested all of it (every record consumed, consumer lag 0,
+  feeds no longer cold start).
   Suggest requests carry valid.csv tweets and their real authors (personalized); feed requests
   (k=20) go to the users with positive interactions in Redis.
 - synthetic: scale. A fresh model with --synthetic-tags hashtags, --synthetic-candidates posts
@@ -272,6 +274,30 @@ def wait_for_feeds(base: str, paths: list[str], timeout: float, full: int = 0) -
         time.sleep(1)
 
 
+def write_replay_posts(out: Path, files: list[Path], n: int) -> None:
+    """``n`` post records as JSONL: ``files`` in turn, again and again, ids suffixed from the
+    second pass on (a replayed tweet is a new post, as in the background stream)."""
+    from daemon.replay import post_values
+
+    written, passes = 0, 0
+    with open(out, "w") as f:
+        while written < n:
+            before = written
+            for path in files:
+                for _, record in post_values(path):
+                    if written >= n:
+                        break
+                    if record is None:
+                        continue
+                    if passes:
+                        record["post_id"] = f"{record['post_id']}~{passes}"
+                    f.write(json.dumps(record) + "\n")
+                    written += 1
+            if written == before:
+                raise SystemExit(f"no posts in {files}")
+            passes += 1
+
+
 def setup_real(stack: Any, work: Path, args: Any) -> Target:
     import redis
     from bench_daemon import TAGSPACE, start_daemon, stop_daemon
@@ -282,12 +308,13 @@ def setup_real(stack: Any, work: Path, args: Any) -> Target:
     model_dir = work / "real-model"
     shutil.copytree(args.model, model_dir)  # the daemon writes its checkpoints there
     s = daemon_settings(stack, "real", model_dir, args)
-    replay = [str(TAGSPACE), "replay", "--quiet", "--data", str(args.data / "train.csv"),
+    replay_file = work / "real-posts.jsonl"
+    write_replay_posts(replay_file, [args.data / "train.csv", args.data / "valid.csv"],
+                       args.replay_posts)
+    replay = [str(TAGSPACE), "replay", "--quiet", "--data", str(replay_file),
               "--synthesize-interactions", str(args.synthesize_interactions),
               "--kafka-bootstrap", stack.bootstrap, "--posts-topic", s.posts_topic,
               "--interactions-topic", s.interactions_topic]
-    if args.replay_limit:
-        replay += ["--limit", str(args.replay_limit)]
     started = time.monotonic()
     producing = subprocess.Popen(replay, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
@@ -308,7 +335,7 @@ def setup_real(stack: Any, work: Path, args: Any) -> Target:
             raise RuntimeError("no user has positive interactions: nothing to ask feeds for")
         paths = feed_paths(users, args.seed)
         wait_for_feeds(base, paths, 120)
-        setup = {"model": str(args.model), "train_posts_replayed": posts,
+        setup = {"model": str(args.model), "posts_replayed": posts,
                  "interactions_replayed": interactions, "users_with_history": len(users),
                  "ingest_seconds": round(time.monotonic() - started, 1), **ingest}
     except BaseException:
@@ -430,6 +457,8 @@ def run_point(target: Target, others: dict[str, int], total: float, args: Any, w
     if gen.returncode != 0:
         raise RuntimeError(f"the load generator failed (exit {gen.returncode})")
     a, meta = loadgen.read_result(out_path, printed)
+    if args.keep_requests:  # every request's schedule, latency and route, for tail studies
+        shutil.copy(out_path, args.out / f"{args.name}-{target.name}-{total:g}.npz")
     out: dict[str, Any] = {"offered_rps": total,
                            "routes": loadgen.summarize_routes(a, args.warmup,
                                                               args.warmup + args.seconds)}
@@ -617,11 +646,12 @@ def git_revision() -> str:
 
 
 QUICK = {"rates": "40,80", "target_rate": 40.0, "full_sweep": True, "seconds": 5.0, "warmup": 2.0,
-         "replay_limit": 3000, "synthetic_tags": 10_000, "synthetic_candidates": 10_000,
-         "synthetic_users": 200, "out": Path("runs/bench_serving"), "name": "quick"}
+         "replay_posts": 3000, "synthesize_interactions": 1.0, "synthetic_tags": 10_000,
+         "synthetic_candidates": 10_000, "synthetic_users": 200,
+         "out": Path("runs/bench_serving"), "name": "quick"}
 FULL = {"rates": "100,200,300,400,600,800", "target_rate": 200.0, "seconds": 20.0,
-        "warmup": 5.0, "replay_limit": 0, "synthetic_tags": 100_000,
-        "synthetic_candidates": 100_000, "synthetic_users": 1000,
+        "warmup": 5.0, "replay_posts": 54_000, "synthesize_interactions": 0.6,
+        "synthetic_tags": 100_000, "synthetic_candidates": 100_000, "synthetic_users": 1000,
         "out": Path("docs/results/serving"), "name": "serving", "full_sweep": False}
 
 
@@ -649,9 +679,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--full-sweep", action="store_true", default=None,
                    help="every rate, even after one misses the budget (--quick: always)")
     g = p.add_argument_group("data and daemon")
-    g.add_argument("--replay-limit", type=int, help="train.csv posts replayed (0: all / 3000)")
-    g.add_argument("--synthesize-interactions", type=float, default=1.0,
-                   help="synthesized interactions per replayed post")
+    g.add_argument("--replay-posts", type=int,
+                   help="real posts replayed before measuring: train.csv, valid.csv, then both "
+                   "again under new ids (54000, the issue's set-up / 3000)")
+    g.add_argument("--synthesize-interactions", type=float,
+                   help="synthesized interactions per replayed post (0.6: about 20k at 54k "
+                   "posts / 1.0)")
     g.add_argument("--stream-rate", type=float, default=100.0,
                    help="background posts/s while measuring")
     g.add_argument("--stream-interactions", type=float, default=0.0,
@@ -667,6 +700,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--out", type=Path, help="folder of the JSON and PNG "
                    "(docs/results/serving / runs/bench_serving)")
     g.add_argument("--name", help="file name stem (serving / quick)")
+    g.add_argument("--keep-requests", action="store_true",
+                   help="also write each point's per-request arrays (scheduled time, latency, "
+                   "route, status) as <name>-<scenario>-<rate>.npz")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--quiet", action="store_true", help="no progress, no line per rate")
     args = p.parse_args(argv)
