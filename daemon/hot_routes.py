@@ -10,11 +10,13 @@ anything else (a coercible or invalid value, an unknown field, an error while an
 on to FastAPI, which validates it, answers it or says why not. The OpenAPI document is
 FastAPI's, unchanged.
 
-The plain requests are answered on the event loop's thread itself, one after the other: in the
-serving process nothing else needs the loop for long, and a hand-off to a worker thread and
-back costs two GIL switches, each up to the 5 ms switch interval when another thread holds
-the GIL (measured, one run each: p50 8.5 ms and p99 105 ms at 100 + 100 requests/s on threads,
-3.6 ms and 14.5 ms inline; docs/PERFORMANCE.md has the later runs). The one blocking call is
+The plain requests are answered on the event loop's thread itself: in the serving process
+nothing else needs the loop for long, and a hand-off to a worker thread and back costs two GIL
+switches, each up to the 5 ms switch interval when another thread holds the GIL (measured, one
+run each: p50 8.5 ms and p99 105 ms at 100 + 100 requests/s on threads, 3.6 ms and 14.5 ms
+inline; docs/PERFORMANCE.md has the later runs). Suggestions waiting together are answered
+together (``daemon.batching``: one encode, one tag product, one Redis round trip); feeds one
+after the other. The one blocking call is
 the request's Redis round trip; after a Redis error the answers go to the thread pool for
 ``REDIS_TROUBLE_S``, so a Redis that hangs holds the loop (its ``/livez`` and ``/metrics``)
 for at most one socket timeout.
@@ -23,7 +25,7 @@ for at most one socket timeout.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -32,6 +34,7 @@ import orjson
 import redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from daemon.batching import Batcher
 from daemon.records import MAX_ID_CHARS, printable
 
 if TYPE_CHECKING:
@@ -54,9 +57,15 @@ SUGGEST, FEED = RouteName("/v1/suggest"), RouteName("/v1/feed/{user_id}")
 
 
 def suggest_answer(backend: Backend, text: str, k: int, user_id: str | None) -> dict[str, Any]:
-    tags = backend.scorer.suggest(text, k, user_id)
-    return {"tags": [{"tag": t, "score": float(sc)} for t, sc in tags],
-            "model_version": int(backend.hub.version)}
+    return suggest_answers(backend, [(text, k, user_id)])[0]
+
+
+def suggest_answers(backend: Backend, requests: Sequence[tuple[str, int, str | None]]
+                    ) -> list[dict[str, Any]]:
+    suggestions = backend.scorer.suggest_many(requests)
+    version = int(backend.hub.version)
+    return [{"tags": [{"tag": t, "score": float(sc)} for t, sc in tags],
+             "model_version": version} for tags in suggestions]
 
 
 def feed_answer(backend: Backend, user_id: str, k: int) -> dict[str, Any]:
@@ -109,6 +118,9 @@ class HotRoutes:
     def __init__(self, app: ASGIApp, backend: Backend):
         self.app, self.backend = app, backend
         self._threads_until = 0.0  # answer on the thread pool until then (Redis trouble)
+        self.suggestions: Batcher[tuple[str, int, str | None], dict[str, Any]] = Batcher(
+            lambda requests: suggest_answers(backend, requests),
+            on_batch=backend.metrics.suggest_batch.observe)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -134,6 +146,8 @@ class HotRoutes:
         try:
             if time.monotonic() < self._threads_until:
                 content = await anyio.to_thread.run_sync(answer, self.backend, *args)
+            elif answer is suggest_answer:
+                content = await self.suggestions.submit(args)  # type: ignore[arg-type]
             else:
                 content = answer(self.backend, *args)
         except Exception as e:

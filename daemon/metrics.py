@@ -108,6 +108,10 @@ class Metrics:
                                     ["operation"], registry=r)
         self.api_latency = Histogram("tagspace_api_request_seconds", "HTTP API latency",
                                      ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.suggest_batch = Histogram(
+            "tagspace_suggest_batch_size", "Suggestions answered by one call (requests that "
+            "waited together on a serving process's event loop)",
+            buckets=(1, 2, 4, 8, 16, 32), registry=r)
         self.api_disconnects = Counter(
             "tagspace_api_client_disconnects_total",
             "Requests whose client hung up before its body was complete", registry=r)

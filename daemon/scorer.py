@@ -20,6 +20,8 @@ no longer be the one ``tagspace evaluate --personalize`` measures.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from daemon.model_hub import ServedModel
 from daemon.store import Store
 from tagspace.personalize import AuthorHistory
@@ -32,15 +34,28 @@ class Scorer:
         self.hub, self.store = hub, store
 
     def suggest(self, text: str, k: int, user_id: str | None) -> list[tuple[str, float]]:
+        return self.suggest_many([(text, k, user_id)])[0]
+
+    def suggest_many(self, requests: Sequence[tuple[str, int, str | None]]
+                     ) -> list[list[tuple[str, float]]]:
+        """``suggest`` of each (text, k, user_id), together: one encode of all the posts, one
+        product with the tag table, one Redis round trip for the authors. Each answer is the
+        one ``suggest`` gives alone (row i depends on request i only)."""
         tagger, personalizer = self.hub.tagger, self.hub.personalizer
-        tokens = parse_post_text(text).tokens
-        active = tagger.score_active([tokens])
+        tokens = [parse_post_text(text).tokens for text, _, _ in requests]
+        active = tagger.score_active(tokens)
         scores = active.scores
-        past = self.store.authored(user_id) if user_id else []
-        if past:
-            history = AuthorHistory.of_posts((tags, words) for _, tags, words in past)
-            # the model's vectors of this history: reusable until the weights are replaced or
+        pasts = self.store.authored_many([user_id for _, _, user_id in requests])
+        with_past = [i for i, past in enumerate(pasts) if past]
+        if with_past:
+            scores = scores.copy()  # rows without an author's past keep the content ranking
+            histories = [AuthorHistory.of_posts((tags, words) for _, tags, words in pasts[i])
+                         for i in with_past]
+            # the model's vectors of a history: reusable until the weights are replaced or
             # the history moves (and HISTORY_VECTORS_MAX_AGE_S at most while training)
-            key = (user_id, self.hub.weights_id, len(past), past[-1][0])
-            scores = personalizer.scores_active(tagger, active, [tokens], [history], [key])
-        return [(s.tag, s.score) for s in top_k(scores[0], tagger.tags, k, active.tags.rows)]
+            keys = [(requests[i][2], self.hub.weights_id, len(pasts[i]), pasts[i][-1][0])
+                    for i in with_past]
+            scores[with_past] = personalizer.scores_active(
+                tagger, active.take(with_past), [tokens[i] for i in with_past], histories, keys)
+        return [[(s.tag, s.score) for s in top_k(scores[i], tagger.tags, k, active.tags.rows)]
+                for i, (_, k, _) in enumerate(requests)]

@@ -350,7 +350,23 @@ class Store:
         """(post_id, tags, tokens) of the user's newest tagged posts, oldest first."""
         raw = self._timed("authored", lambda: self.r.lrange(self.authored_key(user_id), 0,
                                                              self.authored_size - 1))
-        return [tuple(json.loads(entry)) for entry in reversed(raw)]  # type: ignore[misc]
+        return _authored_entries(raw)
+
+    def authored_many(self, user_ids: Sequence[str | None]
+                      ) -> list[list[tuple[str, list[str], list[str]]]]:
+        """``authored`` of each user (None: no one, []) in one round trip."""
+        named = [u for u in user_ids if u is not None]
+        if not named:
+            return [[] for _ in user_ids]
+
+        def read() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            for user_id in named:
+                pipe.lrange(self.authored_key(user_id), 0, self.authored_size - 1)
+            return pipe.execute()
+
+        raws = iter(self._timed("authored", read))
+        return [[] if u is None else _authored_entries(next(raws)) for u in user_ids]
 
     def arrivals_after(self, cursor: str, limit: int) -> list[tuple[str, str]]:
         """(stream id, post id) of posts stored after ``cursor`` ("0": from the start of the
@@ -388,3 +404,7 @@ def _first_occurrences(ids: Sequence[str]) -> list[bool]:
         out.append(i not in seen)
         seen.add(i)
     return out
+
+
+def _authored_entries(raw: list[bytes]) -> list[tuple[str, list[str], list[str]]]:
+    return [tuple(json.loads(entry)) for entry in reversed(raw)]  # type: ignore[misc]

@@ -483,6 +483,11 @@ def run_point(target: Target, others: dict[str, int], total: float, args: Any, w
              - metric(m0, "tagspace_training_examples_total")) / seconds, 1),
         "reembedded_per_s": round((metric(m1, "tagspace_reembedded_posts_total")
                                    - metric(m0, "tagspace_reembedded_posts_total")) / seconds, 1),
+        "suggest_batch_mean": round(
+            (metric(m1, "tagspace_suggest_batch_size_sum")
+             - metric(m0, "tagspace_suggest_batch_size_sum"))
+            / max(1.0, metric(m1, "tagspace_suggest_batch_size_count")
+                  - metric(m0, "tagspace_suggest_batch_size_count")), 2),
         "model_version_at_start": metric(m0, "tagspace_model_version"),
         "model_version": metric(m1, "tagspace_model_version")}
     out["drain_seconds"] = 0.0

@@ -21,7 +21,8 @@ def client(suggest=lambda text, k, user: [("pasta", 1.0)][:k], fail_store=False,
 
     daemon = SimpleNamespace(
         settings=Settings(max_body_bytes=1000, max_k=50), metrics=Metrics(),
-        scorer=SimpleNamespace(suggest=suggest), hub=SimpleNamespace(version=3),
+        scorer=SimpleNamespace(suggest_many=lambda requests: [suggest(*r) for r in requests]),
+        hub=SimpleNamespace(version=3),
         store=SimpleNamespace(post=post), exposition=lambda: b"",
         readiness_problems=lambda: ["kafka unreachable"], in_flight=in_flight)
     return TestClient(create_app(daemon))  # type: ignore[arg-type]
@@ -74,7 +75,8 @@ def test_bearer_token_guards_the_api_and_admin_routes():
     daemon_settings = replace(Settings(max_body_bytes=1000, max_k=50), api_token="s3cret")
     guarded = TestClient(create_app(SimpleNamespace(
         settings=daemon_settings, metrics=Metrics(),
-        scorer=SimpleNamespace(suggest=lambda text, k, user: []), hub=SimpleNamespace(version=1),
+        scorer=SimpleNamespace(suggest_many=lambda requests: [[] for _ in requests]),
+        hub=SimpleNamespace(version=1),
         store=None, trains=False, exposition=lambda: b"",
         readiness_problems=lambda: [])))  # type: ignore[arg-type]
     body = {"text": "garlic"}

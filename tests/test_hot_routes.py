@@ -32,7 +32,8 @@ def backend(fail: bool = False):  # type: ignore[no-untyped-def]
         return [FeedItem("p1", 0.5)][:k], False
 
     b = SimpleNamespace(settings=Settings(max_k=50), metrics=Metrics(),
-                        scorer=SimpleNamespace(suggest=suggest),
+                        scorer=SimpleNamespace(suggest=suggest, suggest_many=lambda requests: [
+                            b.scorer.suggest(*r) for r in requests]),
                         feeds=SimpleNamespace(feed=feed), hub=SimpleNamespace(version=7),
                         store=None, trains=False, exposition=lambda: b"",
                         readiness_problems=lambda: [])

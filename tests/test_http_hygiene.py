@@ -67,7 +67,8 @@ class RealServer:
         settings = Settings(request_timeout_s=request_timeout_s, max_body_bytes=1000, max_k=50)
         backend = SimpleNamespace(
             settings=settings, metrics=self.metrics,
-            scorer=SimpleNamespace(suggest=lambda text, k, user: [("pasta", 1.0)][:k]),
+            scorer=SimpleNamespace(suggest_many=lambda requests: [
+                [("pasta", 1.0)][:k] for _, k, _ in requests]),
             hub=SimpleNamespace(version=3), store=SimpleNamespace(post=lambda pid: None),
             exposition=lambda: b"", readiness_problems=lambda: [])
         self.port = free_port()

@@ -55,6 +55,10 @@ class FakeStore:
         self.reads += 1
         return self._authored.get(user_id, [])
 
+    def authored_many(self, user_ids: list[str | None]
+                      ) -> list[list[tuple[str, list[str], list[str]]]]:
+        return [self.authored(u) if u is not None else [] for u in user_ids]
+
 
 HISTORY = [
     ("h1", ["food", "italy"], "pasta sauce garlic"),
@@ -79,6 +83,22 @@ def scorers(weights: PersonalizeWeights):
                           personalizer=Personalizer(weights, bow))
     store = FakeStore({"u": [(p.post_id, list(p.tags), list(p.tokens)) for p in history_posts]})
     return offline, Scorer(hub, store), store
+
+
+def test_suggestions_answered_together_are_each_the_one_answered_alone():
+    """A batch mixing an author with a past, one without, and no author: each answer is the
+    request's own (tags in the same order, the same scores), and the authors are read once."""
+    _, scorer, store = scorers(PersonalizeWeights(count=6.0, similarity=2.0, lexical=8.0))
+    requests = [(text, k, user) for text in QUERIES for k, user in
+                ((3, "u"), (len(TAGS), None), (5, "stranger"))]
+    alone = [scorer.suggest(*r) for r in requests]
+    reads = store.reads
+    together = scorer.suggest_many(requests)
+    assert store.reads - reads == sum(user is not None for _, _, user in requests)
+    assert [[t for t, _ in a] for a in together] == [[t for t, _ in a] for a in alone]
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-5, atol=1e-6)
+    assert together[0] != together[1]  # the author's past changed the first one's ranking
 
 
 @pytest.mark.parametrize("weights", [
