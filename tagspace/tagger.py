@@ -70,6 +70,10 @@ class ActiveScores:
     scores: np.ndarray  # (P, N) f(w, t) for t = tags.rows
     embeddings: np.ndarray  # (P, d) e_conv(w), for the personalization's similarity term
 
+    def take(self, posts: Sequence[int]) -> ActiveScores:
+        """The same for some of the posts only (rows ``posts``, in that order)."""
+        return ActiveScores(self.tags, self.scores[posts], self.embeddings[posts])
+
 
 class Tagger:
     """The scorer of a trained #TagSpace or WSABIE model (a ``TagScorer``)."""
