@@ -16,10 +16,9 @@ switches, each up to the 5 ms switch interval when another thread holds the GIL 
 run each: p50 8.5 ms and p99 105 ms at 100 + 100 requests/s on threads, 3.6 ms and 14.5 ms
 inline; docs/PERFORMANCE.md has the later runs). Suggestions waiting together are answered
 together (``daemon.batching``: one encode, one tag product, one Redis round trip); feeds one
-after the other. The one blocking call is
-the request's Redis round trip; after a Redis error the answers go to the thread pool for
-``REDIS_TROUBLE_S``, so a Redis that hangs holds the loop (its ``/livez`` and ``/metrics``)
-for at most one socket timeout.
+after the other. The one blocking call is the request's (or the batch's) Redis round trip;
+after a Redis error the answers go to the thread pool for ``REDIS_TROUBLE_S``, so a Redis that
+hangs holds the loop (its ``/livez`` and ``/metrics``) for at most one socket timeout.
 """
 
 from __future__ import annotations

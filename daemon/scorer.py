@@ -8,7 +8,9 @@ popularity). An author with no tagged post gets the content ranking. Feeds are `
 
 Per request the work is over the tags in use only (``Tagger.score_active``: N of the table's
 capacity rows, read live, since Hogwild threads update the tag vectors in place) and the top k
-is an O(N) selection on that compact row. The rows in use are cached per vocabulary generation
+is an O(N) selection on that compact row. Requests that arrive together are scored together
+(``suggest_many``, from ``daemon.batching``): one encode, one product with the tag table, one
+Redis round trip for their authors. The rows in use are cached per vocabulary generation
 by the tagger; a reloaded model version comes with a new tagger, so with a new cache.
 
 Scores stay fp32 (measured with ``scripts/bench_suggest.py`` on this 2-core AVX512-BF16 EPYC,

@@ -8,7 +8,7 @@ background stream of posts, and the load generator. Two scenarios:
 - real: the daemon loads a copy of a `tagspace train` model of howyoutagtweets (--model; its
   checkpoints never touch the original). `tagspace replay --synthesize-interactions` produces
   --replay-posts real posts to Kafka (train.csv, then valid.csv, then both again under new ids:
-  54,000 by default, the issue's set-up, with about 20k synthesized interactions) and nothing is
+  54,000 by default, the issue's set-up, with about 23k synthesized interactions) and nothing is
   measured before the daemon has ingested all of it (every record consumed, consumer lag 0,
   feeds no longer cold start).
   Suggest requests carry valid.csv tweets and their real authors (personalized); feed requests
@@ -688,7 +688,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="real posts replayed before measuring: train.csv, valid.csv, then both "
                    "again under new ids (54000, the issue's set-up / 3000)")
     g.add_argument("--synthesize-interactions", type=float,
-                   help="synthesized interactions per replayed post (0.6: about 20k at 54k "
+                   help="synthesized interactions per replayed post (0.6: 23,312 at 54k "
                    "posts / 1.0)")
     g.add_argument("--stream-rate", type=float, default=100.0,
                    help="background posts/s while measuring")

@@ -71,3 +71,13 @@ def test_a_request_cancelled_while_waiting_is_left_out_of_the_call():
 def test_max_batch_must_be_positive():
     with pytest.raises(ValueError):
         Batcher(lambda requests: requests, max_batch=0)
+
+
+def test_a_wrong_number_of_answers_is_an_error_for_each_request_not_a_hang():
+    batcher = Batcher(lambda requests: [1])
+
+    async def main() -> list[object]:
+        return await asyncio.wait_for(asyncio.gather(
+            batcher.submit(1), batcher.submit(2), return_exceptions=True), timeout=5)
+
+    assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
