@@ -14,9 +14,11 @@ average at 100 + 100 requests/s, and both routes' p99 lower in every pair.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+log = logging.getLogger(__name__)
 Request = TypeVar("Request")
 Answer = TypeVar("Answer")
 
@@ -28,10 +30,14 @@ class Batcher(Generic[Request, Answer]):
     loop with every request submitted before the loop ran the batch (at most ``max_batch``)."""
 
     def __init__(self, answer_many: Callable[[Sequence[Request]], Sequence[Answer]],
-                 max_batch: int = MAX_BATCH, on_batch: Callable[[int], object] | None = None):
-        if max_batch < 1:
+                 max_batch: int | Callable[[], int] = MAX_BATCH,
+                 on_batch: Callable[[int], object] | None = None):
+        """``max_batch``: a number, or a function read at each batch (a limit that follows
+        the work a request costs)."""
+        if isinstance(max_batch, int) and max_batch < 1:
             raise ValueError("max_batch must be >= 1")
-        self.answer_many, self.max_batch = answer_many, max_batch
+        self.answer_many = answer_many
+        self._max_batch = max_batch
         self.on_batch = on_batch  # given each answered batch's size (a metric)
         self._waiting: list[tuple[Request, asyncio.Future[Answer]]] = []
         self.batches = self.answered = 0  # calls and requests (read by tests and benches)
@@ -44,11 +50,24 @@ class Batcher(Generic[Request, Answer]):
             loop.call_soon(self._run)
         return await future
 
+    @property
+    def max_batch(self) -> int:
+        limit = self._max_batch
+        return max(1, limit() if callable(limit) else limit)
+
     def _run(self) -> None:
-        batch = [(r, f) for r, f in self._waiting[:self.max_batch] if not f.done()]
-        self._waiting = self._waiting[self.max_batch:]
-        if self._waiting:
-            asyncio.get_running_loop().call_soon(self._run)
+        """Every request waiting now, ``max_batch`` at a time (all of them in this turn of the
+        loop: a remainder put back on the loop would wait behind whatever arrived meanwhile)."""
+        try:
+            size = self.max_batch
+        except Exception:  # a limit that cannot be read must not leave requests waiting
+            log.exception("batch limit unavailable: answering one request a call")
+            size = 1
+        waiting, self._waiting = self._waiting, []
+        for start in range(0, len(waiting), size):
+            self._answer([(r, f) for r, f in waiting[start:start + size] if not f.done()])
+
+    def _answer(self, batch: list[tuple[Request, asyncio.Future[Answer]]]) -> None:
         if not batch:
             return
         try:

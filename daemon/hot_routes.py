@@ -33,7 +33,7 @@ import orjson
 import redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from daemon.batching import Batcher
+from daemon.batching import MAX_BATCH, Batcher
 from daemon.records import MAX_ID_CHARS, printable
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ MAX_TEXT_CHARS = 5000
 REDIS_TROUBLE_S = 10.0  # after a Redis error, answers wait for Redis on threads this long
 SUGGEST_FIELDS = frozenset({"text", "k", "user_id"})
 FEED_PREFIX = "/v1/feed/"
+SUGGEST_BATCH_TAG_SCORES = 160_000  # a batch's tags x requests: 8 at 20k tags, 1 from 80k on
 
 
 class RouteName:
@@ -65,6 +66,18 @@ def suggest_answers(backend: Backend, requests: Sequence[tuple[str, int, str | N
     version = int(backend.hub.version)
     return [{"tags": [{"tag": t, "score": float(sc)} for t, sc in tags],
              "model_version": version} for tags in suggestions]
+
+
+def suggest_batch_limit(backend: Backend) -> int:
+    """Suggestions answered by one call: at most ``SUGGEST_BATCH_TAG_SCORES`` tag scores; 1
+    (no batching: each answered at once, as before) from 80k tags on.
+
+    Every request of a batch waits for all of it, and what a batch saves is mostly the reads of
+    the tag table, which its product (a GEMM of a few rows) does not amortize well at 100k tags:
+    batches were slower there than none in the synthetic bench (docs/PERFORMANCE.md), while at
+    19k tags they cut both routes' p99."""
+    tags = len(backend.hub.tagger.active_tags().rows)
+    return max(1, min(MAX_BATCH, SUGGEST_BATCH_TAG_SCORES // max(tags, 1)))
 
 
 def feed_answer(backend: Backend, user_id: str, k: int) -> dict[str, Any]:
@@ -119,6 +132,7 @@ class HotRoutes:
         self._threads_until = 0.0  # answer on the thread pool until then (Redis trouble)
         self.suggestions: Batcher[tuple[str, int, str | None], dict[str, Any]] = Batcher(
             lambda requests: suggest_answers(backend, requests),
+            max_batch=lambda: suggest_batch_limit(backend),
             on_batch=backend.metrics.suggest_batch.observe)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,6 +152,12 @@ class HotRoutes:
                     return
         await self.app(scope, receive, send)
 
+    def _batching(self) -> bool:
+        try:
+            return suggest_batch_limit(self.backend) > 1
+        except AttributeError:  # a backend without a model (tests' stand-ins): one at a time
+            return False
+
     async def _answer(self, scope: Scope, send: Send, route: RouteName,
                       answer: Callable[..., dict[str, Any]], *args: Any) -> bool:
         """Answer; False (nothing sent) when answering raised: FastAPI then answers the
@@ -145,7 +165,7 @@ class HotRoutes:
         try:
             if time.monotonic() < self._threads_until:
                 content = await anyio.to_thread.run_sync(answer, self.backend, *args)
-            elif answer is suggest_answer:
+            elif answer is suggest_answer and self._batching():
                 content = await self.suggestions.submit(args)  # type: ignore[arg-type]
             else:
                 content = answer(self.backend, *args)

@@ -26,6 +26,23 @@ def test_requests_waiting_together_are_answered_by_one_call_each_with_its_own_an
     assert (batcher.batches, batcher.answered) == (3, 7)
 
 
+def test_every_waiting_request_is_answered_in_the_same_turn_of_the_loop():
+    """A remainder beyond max_batch is not put back behind work that arrives meanwhile."""
+    order: list[str] = []
+    batcher = Batcher(lambda requests: order.extend(requests) or list(requests), max_batch=1)
+
+    async def late() -> None:
+        await asyncio.sleep(0)
+        order.append("late")
+
+    async def main() -> None:
+        await asyncio.gather(batcher.submit("a"), batcher.submit("b"), batcher.submit("c"),
+                             late())
+
+    asyncio.run(main())
+    assert order[:3] == ["a", "b", "c"]
+
+
 def test_a_request_alone_is_answered_without_waiting_for_company():
     batcher = Batcher(lambda requests: [r + 1 for r in requests])
 
@@ -81,3 +98,24 @@ def test_a_wrong_number_of_answers_is_an_error_for_each_request_not_a_hang():
             batcher.submit(1), batcher.submit(2), return_exceptions=True), timeout=5)
 
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+
+
+def test_the_limit_may_follow_the_work_and_an_unreadable_one_means_one_request():
+    calls: list[list[int]] = []
+    limit = [2]
+
+    def record(requests):  # type: ignore[no-untyped-def]
+        calls.append(list(requests))
+        return list(requests)
+
+    def broken() -> int:
+        raise AttributeError("no tagger")
+
+    async def main(batcher: Batcher) -> list[int]:
+        return list(await asyncio.gather(*(batcher.submit(i) for i in range(4))))
+
+    assert asyncio.run(main(Batcher(record, max_batch=lambda: limit[0]))) == [0, 1, 2, 3]
+    assert calls == [[0, 1], [2, 3]]
+    calls.clear()
+    assert asyncio.run(main(Batcher(record, max_batch=broken))) == [0, 1, 2, 3]
+    assert calls == [[0], [1], [2], [3]]
