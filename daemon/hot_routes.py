@@ -73,9 +73,9 @@ def suggest_batch_limit(backend: Backend) -> int:
     (no batching: each answered at once, as before) from 80k tags on.
 
     Every request of a batch waits for all of it, and what a batch saves is mostly the reads of
-    the tag table, which its product (a GEMM of a few rows) does not amortize well at 100k tags:
-    batches were slower there than none in the synthetic bench (docs/PERFORMANCE.md), while at
-    19k tags they cut both routes' p99."""
+    the tag table, which its product (a GEMM of a few rows) amortizes less as the table grows.
+    At 19k tags batches cut both routes' p99 (docs/PERFORMANCE.md); at 100k the synthetic
+    bench's runs spread too widely to show a gain, so that scale answers as it did before."""
     tags = len(backend.hub.tagger.active_tags().rows)
     return max(1, min(MAX_BATCH, SUGGEST_BATCH_TAG_SCORES // max(tags, 1)))
 
