@@ -153,10 +153,9 @@ class HotRoutes:
         await self.app(scope, receive, send)
 
     def _batching(self) -> bool:
-        try:
-            return suggest_batch_limit(self.backend) > 1
-        except AttributeError:  # a backend without a model (tests' stand-ins): one at a time
+        if getattr(self.backend.hub, "tagger", None) is None:  # no model yet (or a stand-in)
             return False
+        return suggest_batch_limit(self.backend) > 1
 
     async def _answer(self, scope: Scope, send: Send, route: RouteName,
                       answer: Callable[..., dict[str, Any]], *args: Any) -> bool:

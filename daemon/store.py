@@ -348,9 +348,7 @@ class Store:
 
     def authored(self, user_id: str) -> list[tuple[str, list[str], list[str]]]:
         """(post_id, tags, tokens) of the user's newest tagged posts, oldest first."""
-        raw = self._timed("authored", lambda: self.r.lrange(self.authored_key(user_id), 0,
-                                                             self.authored_size - 1))
-        return _authored_entries(raw)
+        return self.authored_many([user_id])[0]
 
     def authored_many(self, user_ids: Sequence[str | None]
                       ) -> list[list[tuple[str, list[str], list[str]]]]:
@@ -366,7 +364,9 @@ class Store:
             return pipe.execute()
 
         raws = iter(self._timed("authored", read))
-        return [[] if u is None else _authored_entries(next(raws)) for u in user_ids]
+        return [[] if u is None else [tuple(json.loads(entry))  # type: ignore[misc]
+                                      for entry in reversed(next(raws))]
+                for u in user_ids]
 
     def arrivals_after(self, cursor: str, limit: int) -> list[tuple[str, str]]:
         """(stream id, post id) of posts stored after ``cursor`` ("0": from the start of the
@@ -405,6 +405,3 @@ def _first_occurrences(ids: Sequence[str]) -> list[bool]:
         seen.add(i)
     return out
 
-
-def _authored_entries(raw: list[bytes]) -> list[tuple[str, list[str], list[str]]]:
-    return [tuple(json.loads(entry)) for entry in reversed(raw)]  # type: ignore[misc]

@@ -54,6 +54,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,38 +86,49 @@ examples:
 
 # --- the background stream (a child process) --------------------------------------------------
 
+def cycled_posts(files: list[Path]) -> Iterator[tuple[int, dict]]:
+    """(pass, record) of the valid post records of ``files`` in turn, again and again."""
+    from daemon.replay import post_values
+
+    passes = 0
+    while True:
+        found = False
+        for path in files:
+            for _, record in post_values(Path(path)):
+                if record is not None:
+                    found = True
+                    yield passes, record
+        if not found:
+            raise SystemExit(f"no posts in {files}")
+        passes += 1
+
+
 def child_stream(spec_path: str) -> None:
     """Produce posts at spec's rate until SIGTERM: its files in turn, new ids on every pass."""
     from bench_daemon import producer
 
-    from daemon.replay import InterestModel, post_values
+    from daemon.replay import InterestModel
 
     spec = json.loads(Path(spec_path).read_text())
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     prod = producer(spec["bootstrap"])
     interest = InterestModel(spec["interactions"], 1) if spec["interactions"] > 0 else None
-    rate, sent, passes = spec["rate"], 0, 0
+    rate, sent = spec["rate"], 0
     print("ready", flush=True)
     start = time.perf_counter()
-    while not stop:
-        for path in spec["files"]:
-            for _, record in post_values(Path(path)):
-                if stop:
-                    break
-                if record is None:
-                    continue
-                record["post_id"] = f"{spec['prefix']}{passes}-{record['post_id']}"
-                delay = start + sent / rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                prod.send(spec["topic"], json.dumps(record).encode(),
-                          key=record["post_id"].encode())
-                sent += 1
-                for event in interest.events(record) if interest else []:
-                    prod.send(spec["interactions_topic"], json.dumps(event).encode(),
-                              key=event["user_id"].encode())
-        passes += 1
+    for passes, record in cycled_posts([Path(f) for f in spec["files"]]):
+        if stop:
+            break
+        record["post_id"] = f"{spec['prefix']}{passes}-{record['post_id']}"
+        delay = start + sent / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        prod.send(spec["topic"], json.dumps(record).encode(), key=record["post_id"].encode())
+        sent += 1
+        for event in interest.events(record) if interest else []:
+            prod.send(spec["interactions_topic"], json.dumps(event).encode(),
+                      key=event["user_id"].encode())
     prod.flush()
     seconds = time.perf_counter() - start
     print(json.dumps({"posts": sent, "seconds": round(seconds, 1),
@@ -277,25 +289,11 @@ def wait_for_feeds(base: str, paths: list[str], timeout: float, full: int = 0) -
 def write_replay_posts(out: Path, files: list[Path], n: int) -> None:
     """``n`` post records as JSONL: ``files`` in turn, again and again, ids suffixed from the
     second pass on (a replayed tweet is a new post, as in the background stream)."""
-    from daemon.replay import post_values
-
-    written, passes = 0, 0
     with open(out, "w") as f:
-        while written < n:
-            before = written
-            for path in files:
-                for _, record in post_values(path):
-                    if written >= n:
-                        break
-                    if record is None:
-                        continue
-                    if passes:
-                        record["post_id"] = f"{record['post_id']}~{passes}"
-                    f.write(json.dumps(record) + "\n")
-                    written += 1
-            if written == before:
-                raise SystemExit(f"no posts in {files}")
-            passes += 1
+        for _, (passes, record) in zip(range(n), cycled_posts(files), strict=False):
+            if passes:
+                record["post_id"] = f"{record['post_id']}~{passes}"
+            f.write(json.dumps(record) + "\n")
 
 
 def setup_real(stack: Any, work: Path, args: Any) -> Target:
