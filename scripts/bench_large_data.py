@@ -10,7 +10,7 @@ own figure from the training log; the wall time includes reading the file for th
 vocabularies (and, in memory, holding every post).
 
 Usage: python scripts/bench_large_data.py [--copies 50] [--dim 64] [--batch-size 256]
-       [--json docs/results/large-data/large-data.json]
+       [--device cuda] [--json docs/results/large-data/large-data.json]
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ def replicate(source: Path, copies: int, out: Path) -> int:
 
 
 def run_train(data: Path, out: Path, args: argparse.Namespace, stream: bool) -> dict[str, object]:
-    tagspace = Path(sys.executable).with_name("tagspace")
-    cmd = [str(tagspace), "train", "--data", str(data), "--out", str(out), "--dim",
-           str(args.dim), "--epochs", "1", "--init", "random", "--batch-size",
-           str(args.batch_size), "--min-word-count", "1"]
+    # the library's own CLI (`tagspace train` without the daemon's imports): runs where only
+    # the model library's needs are installed, a GPU machine's image for one
+    cmd = [sys.executable, "-m", "tagspace.cli", "train", "--data", str(data), "--out",
+           str(out), "--dim", str(args.dim), "--epochs", "1", "--init", "random",
+           "--batch-size", str(args.batch_size), "--min-word-count", "1",
+           "--device", args.device, "--workers", str(args.workers)]
     if stream:
         cmd += ["--stream", "--shuffle-buffer", str(args.shuffle_buffer)]
     log = out.with_suffix(".log")
@@ -69,6 +71,8 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--shuffle-buffer", type=int, default=100_000)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=2, help="Hogwild threads")
     p.add_argument("--modes", default="stream,memory", help="stream, memory or both, in order")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args()
@@ -77,7 +81,7 @@ def main() -> None:
         data = Path(tmp) / "train.csv"
         lines = replicate(args.data, args.copies, data)
         print(f"{lines:,} lines ({data.stat().st_size / 2**20:.0f} MiB) in {data}")
-        results = {"machine": f"{platform.node()}, {os.cpu_count()} cores",
+        results = {"machine": f"{platform.node()}, {os.cpu_count()} cores, {args.device}",
                    "data": f"{args.data.name} x {args.copies}", "lines": lines, "runs": []}
         for mode in args.modes.split(","):
             run = run_train(data, Path(tmp) / f"model-{mode}", args, mode == "stream")

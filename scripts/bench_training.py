@@ -6,8 +6,11 @@ Measures, in one run and for each precision (fp32, and bf16 where the device has
 1. the GEMM rate of that dtype (torch.mm, square matrices): the ceiling;
 2. a plain PyTorch step of the CNN (nn.Embedding, autograd in the paper's order of operations,
    torch.optim.SGD; bf16 through autocast) with block WARP;
-3. our Hogwild worker step (the fused window-max layer, sparse row updates, AdaGrad);
-4. posts/s of the Hogwild trainer with 1..N worker threads;
+3. our Hogwild worker step (the fused window-max layer, sparse row updates, AdaGrad), with the
+   batch built on the host (NumPy) and on the device (tagspace.packed_posts, as training does
+   there);
+4. posts/s of the Hogwild trainer with 1..N worker threads (on a GPU: 1 and 2, whole epochs of
+   packed batches);
 5. the sequential (paper) WARP sampler against the block version (CPU only).
 
 --profile adds a torch.profiler breakdown of one step by kind of work (GEMMs, copies and casts,
@@ -15,8 +18,9 @@ tanh, max over time, row gather/scatter, AdaGrad, the rest), for our step and fo
 with the encoder in the paper's order as autograd runs it (what the step was before
 tagspace.window_max): ms per step, self time of the ops.
 
---device cuda: the same on a GPU (defaults: batch 16384, bf16; the Hogwild threads there take
-turns preparing batches on the CPU while the other's kernels run).
+--device cuda: the same on a GPU (defaults: batch 16384, bf16); --profile there also lists the
+ops by GPU time (torch.profiler's CUDA activity) and how much of the step's wall time the GPU
+was busy.
 
 Usage: python scripts/bench_training.py [--batch 256] [--length 24] [--dim 256] [--profile]
        [--device cuda] [--json F]
@@ -39,6 +43,7 @@ import torch
 from tagspace.batch import EncodedPosts, make_batch
 from tagspace.hogwild import HogwildTrainer, HogwildWorker, TrainConfig
 from tagspace.model import ConvEncoder, ModelConfig, TagSpaceModel
+from tagspace.packed_posts import PackedPosts
 from tagspace.precision import device_has_bf16
 from tagspace.warp import block_warp_loss
 
@@ -197,6 +202,8 @@ def main() -> None:
     pos = torch.from_numpy(np.array([g[0] for g in gold])).to(device)
     negs = torch.from_numpy(rng.integers(0, args.tags, size=args.negatives)).to(device)
     valid = torch.ones(batch, args.negatives, dtype=torch.bool, device=device)
+    packed = PackedPosts(EncodedPosts(word_ids, gold, np.zeros(batch, np.int64)), cfg, 0, 1, device)
+    all_rows = np.arange(batch)
     for name in dtypes:
         dtype = DTYPES[name]
         peak = matmul_gflops(device, dtype, min(args.seconds, 3.0))
@@ -208,6 +215,7 @@ def main() -> None:
         steps = {
             "plain_step": plain_step_fn(cfg, device, dtype, ids, mask, pos, negs, valid),
             "hogwild_step": lambda w=worker: w.step(word_ids, gold),
+            "hogwild_step_packed": lambda w=worker: w.step_packed(packed.batch(all_rows)),
         }
         for step_name, fn in steps.items():
             runs, secs = timed(fn, args.seconds, device)
@@ -222,8 +230,10 @@ def main() -> None:
             out["profile_ms_per_step"] = {"paper_order": before,
                                           "fused": profile_step(step, 5, device)}
             print_profile(name, out["profile_ms_per_step"])
-        if not on_gpu:
-            out["hogwild_posts_per_s"] = hogwild_scaling(cfg, args, name, rng)
+            if on_gpu:
+                out["gpu_profile_packed"] = gpu_profile(steps["hogwild_step_packed"], 5)
+                print_gpu_profile(name, out["gpu_profile_packed"])
+        out["hogwild_posts_per_s"] = hogwild_scaling(cfg, args, name, rng, device, batch)
         results[name] = out
     if not on_gpu:
         results["warp_posts_per_s_batch32"] = warp_samplers(cfg, args, word_ids, gold)
@@ -242,16 +252,21 @@ def bf16_choice(name: str) -> str:
     return "on" if name == "bf16" else "off"
 
 
-def hogwild_scaling(cfg: ModelConfig, args: Any, name: str,
-                    rng: np.random.Generator) -> dict[int, float]:
+def hogwild_scaling(cfg: ModelConfig, args: Any, name: str, rng: np.random.Generator,
+                    device: torch.device, batch: int) -> dict[int, float]:
+    """On the CPU the workers split a batch of ``batch`` posts; on a GPU each takes whole
+    batches of ``batch`` (packed on the device), and 2 workers overlap one's host work with
+    the other's kernels."""
     scaling: dict[int, float] = {}
-    n_posts = 256 * 24
+    on_gpu = device.type == "cuda"
+    n_posts = batch * 24
     data = EncodedPosts([rng.integers(2, args.words, size=args.length) for _ in range(n_posts)],
                         [rng.integers(0, args.tags, size=2) for _ in range(n_posts)],
                         np.zeros(n_posts, np.int64))
-    for workers in range(1, args.max_workers + 1):
-        trainer = HogwildTrainer(TagSpaceModel(cfg), TrainConfig(
-            epochs=1, workers=workers, batch_size=256 // workers, bf16=bf16_choice(name)), 0, 1)
+    for workers in range(1, (2 if on_gpu else args.max_workers) + 1):
+        trainer = HogwildTrainer(TagSpaceModel(cfg).to(device), TrainConfig(
+            epochs=1, workers=workers, batch_size=batch if on_gpu else batch // workers,
+            negatives=args.negatives, bf16=bf16_choice(name), device=str(device)), 0, 1)
         trainer.fit(data, progress=False)  # warm-up epoch
         stats = trainer.fit(data, progress=False)[0]
         scaling[workers] = stats.examples / stats.seconds
@@ -271,6 +286,32 @@ def warp_samplers(cfg: ModelConfig, args: Any, word_ids: list[np.ndarray],
         out[warp] = runs * 32 / secs
         print(f"{warp} WARP, batch 32, fp32: {out[warp]:.0f} posts/s")
     return out
+
+
+def gpu_profile(fn: Callable[[], Any], steps: int) -> dict[str, Any]:
+    """The ops by GPU time (ms per step, self time) and the share of wall time the GPU was busy."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / steps * 1e3
+    ops = sorted(((e.key, e.self_device_time_total / 1e3 / steps) for e in prof.key_averages()
+                  if e.self_device_time_total > 0), key=lambda kv: -kv[1])
+    busy = sum(ms for _, ms in ops)
+    return {"wall_ms": round(wall, 2), "gpu_busy_ms": round(busy, 2),
+            "top_ops_ms": {k: round(ms, 3) for k, ms in ops[:20]}}
+
+
+def print_gpu_profile(name: str, prof: dict[str, Any]) -> None:
+    print(f"{name} packed step on the GPU: {prof['wall_ms']} ms wall, GPU busy "
+          f"{prof['gpu_busy_ms']} ms; top ops by GPU time (ms per step):")
+    for op, ms in prof["top_ops_ms"].items():
+        print(f"  {op[:60]:60s} {ms:8.3f}")
 
 
 def print_profile(name: str, profiles: dict[str, dict[str, float]]) -> None:

@@ -26,11 +26,13 @@ from tqdm import tqdm
 
 from tagspace.batch import EncodedPosts, make_batch
 from tagspace.model import ConvEncoder, TagSpaceModel
+from tagspace.packed_posts import DeviceBatch, PackedPosts
 from tagspace.precision import check_choice, use_bf16
 from tagspace.stream import StreamedPosts
 from tagspace.warp import WarpStats, block_warp_loss, sample_sequential_negatives
 
 WARP_MODES = ("block", "sequential")
+BATCHING = ("auto", "host", "device")
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,19 @@ class TrainConfig:
     # fp32): auto (where the device has bf16 units), on, off. ``tagspace.window_max``.
     bf16: str = "auto"
     device: str = "cpu"  # where the model and the steps run: "cpu", "cuda", "cuda:1", ...
+    # Where batches of posts in memory are built: "host" (NumPy, each step), "device" (packed
+    # onto the model's device once: ``tagspace.packed_posts``), "auto" (device off the CPU).
+    batching: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice(self.bf16)
         torch.device(self.device)  # a clear error for a malformed device name
         if self.warp not in WARP_MODES:
             raise ValueError(f"warp must be one of {WARP_MODES}, got {self.warp!r}")
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, got {self.batching!r}")
+        if self.batching == "device" and self.warp != "block":
+            raise ValueError("batching='device' needs warp='block'")
         if self.positives not in ("one", "all"):
             raise ValueError(f"positives must be 'one' or 'all', got {self.positives!r}")
         if self.positives == "all" and self.warp != "block":
@@ -111,7 +120,9 @@ class HogwildWorker:
             raise ValueError("the sequential WARP sampler runs on the CPU only: use block WARP")
         self.model = model
         self.config = config
+        self.rank = rank
         self.rng = np.random.default_rng([config.seed, rank])
+        self._generator: torch.Generator | None = None  # for packed batches, made on first use
         self.pad_id, self.unk_id = pad_id, unk_id
         self.encoder = copy.deepcopy(model.encoder)
         for mine, shared in zip(self.encoder.parameters(), model.encoder.parameters(), strict=True):
@@ -138,69 +149,132 @@ class HogwildWorker:
         """One WARP step on a batch of posts, each with >= 1 known tag id in ``gold``."""
         return self.apply(self.forward(word_ids, gold))
 
+    def step_packed(self, batch: DeviceBatch) -> StepStats:
+        """One block-WARP step on a batch already on the model's device."""
+        return self.apply(self.forward_packed(batch))
+
     def forward(self, word_ids: Sequence[np.ndarray], gold: Sequence[np.ndarray]) -> PendingStep:
         """The loss and gradients of one step, nothing applied yet (``apply`` does)."""
         cfg = self.config
-        words, tags = self.model.word_emb.data, self.model.tag_emb.data
-        n_tags = tags.shape[0]
-        self._grow_state(words.shape[0], n_tags)
+        self._grow_state(self.model.word_emb.shape[0], self.model.tag_emb.shape[0])
         ids, mask = make_batch(word_ids, self.model.config, self.pad_id, self.unk_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = np.fromiter((g[self.rng.integers(len(g))] for g in gold), np.int64, len(gold))
+        if cfg.warp == "sequential":
+            return self._sequential(ids, mask, pos, gold)
+        owner = None  # the post each (post, positive) example belongs to; None: example i is post i
+        if cfg.positives == "all":
+            owner = np.repeat(np.arange(len(gold)), [len(g) for g in gold])
+            pos = np.concatenate(gold)
+        pool = self.negative_pool
+        if pool is None:
+            n_tags = None
+            negs = self.rng.integers(self.model.tag_emb.shape[0], size=cfg.negatives)
+        else:  # the rank estimate counts tags in use only
+            negs, n_tags = pool[self.rng.integers(len(pool), size=cfg.negatives)], len(pool)
+        valid = _not_gold(negs, gold)
+        owner_t = None if owner is None else self._on(owner)
+        return self._block(ids, mask, self._on(pos), owner_t, self._on(negs),
+                           self._on(valid if owner is None else valid[owner]), n_tags)
+
+    def forward_packed(self, batch: DeviceBatch) -> PendingStep:
+        """``forward`` for a batch on the device (``tagspace.packed_posts``): positives and
+        negatives are drawn there too, from this worker's own generator on the device."""
+        cfg = self.config
+        if cfg.warp != "block":
+            raise ValueError("packed batches are trained with block WARP")
+        self._grow_state(self.model.word_emb.shape[0], self.model.tag_emb.shape[0])
+        gen = self._device_generator()
+        owner = None
+        if cfg.positives == "all":  # the padded rows' tags in row order, -1 padding dropped
+            owner = self._on(np.repeat(np.arange(len(batch)), batch.n_gold))
+            pos = batch.gold[batch.gold >= 0]
+        else:
+            n_gold = self._on(batch.n_gold)
+            pick = (torch.rand(len(batch), generator=gen, device=self.device) * n_gold).long()
+            pos = batch.gold.gather(1, pick.clamp_max(n_gold - 1).unsqueeze(1)).squeeze(1)
+        pool = self.negative_pool
+        n_tags = None if pool is None else len(pool)
+        draws = torch.randint(n_tags or self.model.tag_emb.shape[0], (cfg.negatives,),
+                              generator=gen, device=self.device)
+        negs = draws if pool is None else self._on(pool)[draws]
+        valid = batch.not_gold(negs)
+        return self._block(batch.ids, batch.mask, pos, owner, negs,
+                           valid if owner is None else valid[owner], n_tags)
+
+    def _device_generator(self) -> torch.Generator:
+        if self._generator is None:  # seeded as the host RNG is: (seed, rank)
+            seed = np.random.SeedSequence([self.config.seed, self.rank]).generate_state(1)[0]
+            self._generator = torch.Generator(device=self.device)
+            self._generator.manual_seed(int(seed))
+        return self._generator
+
+    def _block(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
+               owner: torch.Tensor | None, negs: torch.Tensor, valid: torch.Tensor,
+               n_tags: int | None) -> PendingStep:
+        """Block WARP on device tensors: (P,) positives of posts ``owner`` (None: P = B, one
+        per post), (S,) negatives, (P, S) ``valid``; ``n_tags`` for the rank estimate."""
+        cfg = self.config
+        words, tags = self.model.word_emb.data, self.model.tag_emb.data
         word_rows, word_index = torch.unique(ids, return_inverse=True)
         x = words[ids].requires_grad_()  # (B, L, d): summed per row below (index_add_, cheap)
         post = self.encoder(x, mask)  # (B, d)
+        tag_rows, tag_index = torch.unique(torch.cat([pos, negs]), return_inverse=True)
+        t_rows = tags[tag_rows].requires_grad_()
+        t_pos, t_neg = t_rows[tag_index[: len(pos)]], t_rows[tag_index[len(pos) :]]
+        by_example = post if owner is None else post[owner]
+        pos_scores = (by_example * t_pos).sum(1)  # (P,)
+        neg_scores = post @ t_neg.T  # (B, S): one GEMM per post, not per pair
+        if owner is not None:
+            neg_scores = neg_scores[owner]
+        if self.model.config.word_tag_share:  # + beta * [t is a word of the post]
+            present = self.model.tags_in_posts(ids)
+            if owner is not None:
+                present = present[owner]  # (P, L)
+            in_pos = (present == pos.unsqueeze(1)).any(1)
+            in_neg = (present.unsqueeze(1) == negs[None, :, None]).any(-1)
+            pos_scores = pos_scores + self.copy_weight * in_pos
+            neg_scores = neg_scores + self.copy_weight * in_neg
+        loss, stats = block_warp_loss(
+            pos_scores, neg_scores, valid, n_tags or tags.shape[0], cfg.margin, cfg.negatives
+        )
+        return self._pending(loss, stats, x, t_rows, post, word_rows, word_index, tag_rows,
+                             len(ids))
 
-        if cfg.warp == "block":
-            owner = np.arange(len(gold))  # the post each (post, positive) example belongs to
-            if cfg.positives == "all":
-                owner = np.repeat(owner, [len(g) for g in gold])
-                pos = np.concatenate(gold)
-            pool = self.negative_pool
-            if pool is None:
-                negs = self.rng.integers(n_tags, size=cfg.negatives)
-            else:
-                negs = pool[self.rng.integers(len(pool), size=cfg.negatives)]
-                n_tags = len(pool)  # the rank estimate counts tags in use only
-            tag_rows, tag_index = torch.unique(
-                self._on(np.concatenate([pos, negs])), return_inverse=True
-            )
-            t_rows = tags[tag_rows].requires_grad_()
-            t_pos, t_neg = t_rows[tag_index[: len(pos)]], t_rows[tag_index[len(pos) :]]
-            owner_t = self._on(owner)
-            pos_scores = (post[owner_t] * t_pos).sum(1)  # (P,)
-            neg_scores = (post @ t_neg.T)[owner_t]  # (P, S): one GEMM per post, not per pair
-            if self.model.config.word_tag_share:  # + beta * [t is a word of the post]
-                present = self.model.tags_in_posts(ids)[owner_t]  # (P, L)
-                in_pos = (present == self._on(pos).unsqueeze(1)).any(1)
-                in_neg = (present.unsqueeze(1) == self._on(negs)[None, :, None]).any(-1)
-                pos_scores = pos_scores + self.copy_weight * in_pos
-                neg_scores = neg_scores + self.copy_weight * in_neg
-            valid = self._on(_not_gold(negs, gold)[owner])  # (P, S)
-            loss, stats = block_warp_loss(
-                pos_scores, neg_scores, valid, n_tags, cfg.margin, cfg.negatives
-            )
-        else:
-            pos_t = torch.from_numpy(pos)
-            pos_scores = (post * tags[pos_t]).sum(1)
-            negs, weights, trials = sample_sequential_negatives(
-                post.detach(), pos_scores.detach(), tags, list(gold), cfg.margin,
-                cfg.negatives, self.rng, pool=self.negative_pool,
-            )
-            hit = negs >= 0
-            tag_rows, tag_index = torch.unique(
-                torch.from_numpy(np.concatenate([pos[hit], negs[hit]])), return_inverse=True
-            )
-            t_rows = tags[tag_rows].requires_grad_()
-            n_hit = int(hit.sum())
-            t_pos, t_neg = t_rows[tag_index[:n_hit]], t_rows[tag_index[n_hit:]]
-            p_hit = post[torch.from_numpy(hit)]
-            hinge = (cfg.margin - (p_hit * t_pos).sum(1) + (p_hit * t_neg).sum(1)).clamp_min(0)
-            loss = (torch.from_numpy(weights[hit]).float() * hinge).sum()
-            stats = WarpStats(float(loss.detach()), n_hit, float(trials.mean()))
+    def _sequential(self, ids: torch.Tensor, mask: torch.Tensor, pos: np.ndarray,
+                    gold: Sequence[np.ndarray]) -> PendingStep:
+        """The paper's sampler: per post, draws until a violator (host RNG, CPU only)."""
+        cfg = self.config
+        words, tags = self.model.word_emb.data, self.model.tag_emb.data
+        word_rows, word_index = torch.unique(ids, return_inverse=True)
+        x = words[ids].requires_grad_()
+        post = self.encoder(x, mask)
+        pos_t = torch.from_numpy(pos)
+        pos_scores = (post * tags[pos_t]).sum(1)
+        negs, weights, trials = sample_sequential_negatives(
+            post.detach(), pos_scores.detach(), tags, list(gold), cfg.margin,
+            cfg.negatives, self.rng, pool=self.negative_pool,
+        )
+        hit = negs >= 0
+        tag_rows, tag_index = torch.unique(
+            torch.from_numpy(np.concatenate([pos[hit], negs[hit]])), return_inverse=True
+        )
+        t_rows = tags[tag_rows].requires_grad_()
+        n_hit = int(hit.sum())
+        t_pos, t_neg = t_rows[tag_index[:n_hit]], t_rows[tag_index[n_hit:]]
+        p_hit = post[torch.from_numpy(hit)]
+        hinge = (cfg.margin - (p_hit * t_pos).sum(1) + (p_hit * t_neg).sum(1)).clamp_min(0)
+        loss = (torch.from_numpy(weights[hit]).float() * hinge).sum()
+        stats = WarpStats(float(loss.detach()), n_hit, float(trials.mean()))
+        return self._pending(loss, stats, x, t_rows, post, word_rows, word_index, tag_rows,
+                             len(gold))
 
+    def _pending(self, loss: torch.Tensor, stats: WarpStats, x: torch.Tensor,
+                 t_rows: torch.Tensor, post: torch.Tensor, word_rows: torch.Tensor,
+                 word_index: torch.Tensor, tag_rows: torch.Tensor, n_posts: int) -> PendingStep:
+        """The step's gradients: the looked-up word vectors' summed per table row."""
         params: list[torch.Tensor] = list(self.encoder.parameters())
-        if self.copy_weight.requires_grad and cfg.warp == "block":
+        if self.copy_weight.requires_grad and self.config.warp == "block":
             params.append(self.copy_weight)
         grads: tuple[torch.Tensor, ...] = ()
         if stats.violating:
@@ -210,7 +284,7 @@ class HogwildWorker:
             word_grad.index_add_(0, word_index.view(-1), grad_x.view(-1, x.shape[-1]))
             grads = (word_grad, *rest)
         finite = math.isfinite(stats.loss) and bool(torch.isfinite(post.detach()).all())
-        return PendingStep(StepStats(len(gold), stats.loss, stats.violating, stats.trials),
+        return PendingStep(StepStats(n_posts, stats.loss, stats.violating, stats.trials),
                            word_rows, tag_rows, params, grads, finite)
 
     def _on(self, a: np.ndarray) -> torch.Tensor:
@@ -288,6 +362,10 @@ def _not_gold(negs: np.ndarray, gold: Sequence[np.ndarray]) -> np.ndarray:
     return valid
 
 
+# host id arrays and tag ids per post, or a batch packed on the device
+Batch = tuple[list[np.ndarray], list[np.ndarray]] | DeviceBatch
+
+
 @dataclass
 class EpochStats:
     epoch: int
@@ -318,11 +396,15 @@ class HogwildTrainer:
         """Train for ``config.epochs`` on posts in memory or streamed from files; each worker
         takes the next batch when it is done with its last (the batches run in order)."""
         total = None
+        packed = None
         if isinstance(data, EncodedPosts):
             usable = np.flatnonzero([len(t) > 0 for t in data.tags])
             if len(usable) == 0:
                 raise ValueError("no training post has a known tag")
             total = len(usable)
+            if self._batches_on_device():
+                w = self.workers[0]
+                packed = PackedPosts(data, self.model.config, w.pad_id, w.unk_id, w.device)
         else:
             total = data.size_hint
         threads_each = max(1, (os.cpu_count() or 1) // self.config.workers)
@@ -332,7 +414,7 @@ class HogwildTrainer:
         try:
             for epoch in range(1, self.config.epochs + 1):
                 start = time.perf_counter()
-                batches = _Batches(self._epoch_batches(data))
+                batches = _Batches(self._epoch_batches(packed or data))
                 bar = tqdm(
                     total=total, desc=f"{desc} epoch {epoch}/{self.config.epochs}",
                     unit="post", disable=not progress, leave=False,
@@ -363,9 +445,19 @@ class HogwildTrainer:
             torch.set_num_threads(previous_threads)
         return history
 
-    def _epoch_batches(self, data: EncodedPosts | StreamedPosts
-                       ) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
+    def _batches_on_device(self) -> bool:
+        choice = self.config.batching
+        on_device = self.workers[0].device.type != "cpu"
+        return self.config.warp == "block" and (choice == "device" or
+                                                (choice == "auto" and on_device))
+
+    def _epoch_batches(self, data: EncodedPosts | StreamedPosts | PackedPosts) -> Iterator[Batch]:
         bs = self.config.batch_size
+        if isinstance(data, PackedPosts):
+            order = self.rng.permutation(len(data))
+            for i in range(0, len(order), bs):
+                yield data.batch(order[i : i + bs])
+            return
         if isinstance(data, EncodedPosts):
             order = self.rng.permutation(np.flatnonzero([len(t) > 0 for t in data.tags]))
             for i in range(0, len(order), bs):
@@ -387,7 +479,10 @@ class HogwildTrainer:
              examples: list[int], rank: int, bar: tqdm) -> None:
         try:
             while (batch := batches.next()) is not None:
-                stats = worker.step(*batch)
+                if isinstance(batch, DeviceBatch):
+                    stats = worker.step_packed(batch)
+                else:
+                    stats = worker.step(*batch)
                 losses[rank] += stats.loss
                 examples[rank] += stats.examples
                 bar.update(stats.examples)
@@ -407,11 +502,11 @@ class _Batches:
     """One epoch's batches, shared by the worker threads: each takes the next when ready (a
     streamed epoch is read from its files by whichever worker needs a batch)."""
 
-    def __init__(self, batches: Iterator[tuple[list[np.ndarray], list[np.ndarray]]]):
-        self._batches: Iterator[tuple[list[np.ndarray], list[np.ndarray]]] | None = batches
+    def __init__(self, batches: Iterator[Batch]):
+        self._batches: Iterator[Batch] | None = batches
         self._lock = threading.Lock()
 
-    def next(self) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    def next(self) -> Batch | None:
         with self._lock:
             if self._batches is None:
                 return None

@@ -83,8 +83,10 @@ def block_warp_loss(
         # Expected draws until a violator, capped: the cost the sequential version would pay.
         trials = torch.where(p > 0, (1.0 / p.clamp_min(1e-12)).clamp_max(max_trials), max_trials)
     loss = (weight * hinge.sum(1) / violators.clamp_min(1)).sum()
-    stats = WarpStats(float(loss.detach()), int((violators > 0).sum()), float(trials.mean()))
-    return loss, stats
+    # one transfer for the three numbers (each would wait for a GPU's queue to drain)
+    total, hit, mean_trials = torch.stack(
+        [loss.detach(), (violators > 0).sum().float(), trials.mean()]).tolist()
+    return loss, WarpStats(total, int(hit), mean_trials)
 
 
 def sample_sequential_negatives(

@@ -59,9 +59,11 @@ def test_workers_have_their_own_rngs():
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.mark.parametrize(("warp", "bf16"), [("block", "off"), ("block", "on"),
-                                            ("sequential", "off")])
-def test_threads_learn_a_separable_toy_problem(warp, bf16):
+@pytest.mark.parametrize(("warp", "bf16", "batching"), [
+    ("block", "off", "host"), ("block", "on", "host"), ("sequential", "off", "host"),
+    ("block", "off", "device"),  # batches packed on the model's device, drawn there
+])
+def test_threads_learn_a_separable_toy_problem(warp, bf16, batching):
     model = make_model()
     rng = np.random.default_rng(0)
     from tagspace.batch import EncodedPosts
@@ -70,7 +72,8 @@ def test_threads_learn_a_separable_toy_problem(warp, bf16):
     tags = [np.array([t % 6]) for t in range(300)]
     data = EncodedPosts(words, tags, np.zeros(300, np.int64))
     trainer = HogwildTrainer(model, TrainConfig(epochs=4, workers=2, lr=0.05, warp=warp,
-                                                batch_size=8, bf16=bf16), 0, 1)
+                                                batch_size=8, bf16=bf16,
+                                                batching=batching), 0, 1)
     assert trainer.workers[0].bf16 == (bf16 == "on")
     history = trainer.fit(data, progress=False)
     assert history[-1].loss < history[0].loss
@@ -91,6 +94,10 @@ def test_config_validation():
         TrainConfig(bf16="fast")
     with pytest.raises(RuntimeError, match="device"):
         TrainConfig(device="gpu0")
+    with pytest.raises(ValueError, match="batching"):
+        TrainConfig(batching="gpu")
+    with pytest.raises(ValueError, match="block"):
+        TrainConfig(batching="device", warp="sequential")
 
 
 @pytest.mark.parametrize("device", DEVICES)
