@@ -232,7 +232,7 @@ class HogwildWorker:
             if owner is not None:
                 present = present[owner]  # (P, L)
             in_pos = (present == pos.unsqueeze(1)).any(1)
-            in_neg = (present.unsqueeze(1) == negs[None, :, None]).any(-1)
+            in_neg = _draws_in_posts(present, negs)
             pos_scores = pos_scores + self.copy_weight * in_pos
             neg_scores = neg_scores + self.copy_weight * in_neg
         loss, stats = block_warp_loss(
@@ -346,6 +346,21 @@ class HogwildWorker:
             self._tag_acc = torch.cat([self._tag_acc, more])
 
 
+def _draws_in_posts(present: torch.Tensor, negs: torch.Tensor) -> torch.Tensor:
+    """(P, L) ids of the tags spelled as each example's words (-1: none), (S,) draws -> (P, S):
+    True where draw j is a word of example i's post.
+
+    Through the distinct draws and a binary search, where comparing every (example, draw, word)
+    made a (P, S, L) tensor: 2G elements at a GPU's batch of 16,384 long posts."""
+    distinct, inverse = torch.unique(negs, return_inverse=True)  # sorted
+    at = torch.searchsorted(distinct, present).clamp_max(len(distinct) - 1)
+    hit = distinct[at] == present  # -1 (no tag) never matches: draws are >= 0
+    found = torch.zeros(present.shape[0], len(distinct) + 1, dtype=torch.bool,
+                        device=present.device)
+    found.scatter_(1, torch.where(hit, at, len(distinct)), True)  # misses: a spare column
+    return found[:, inverse]
+
+
 def _not_gold(negs: np.ndarray, gold: Sequence[np.ndarray]) -> np.ndarray:
     """(B, S): True where draw j is not one of post i's known positives.
 
@@ -454,9 +469,7 @@ class HogwildTrainer:
     def _epoch_batches(self, data: EncodedPosts | StreamedPosts | PackedPosts) -> Iterator[Batch]:
         bs = self.config.batch_size
         if isinstance(data, PackedPosts):
-            order = self.rng.permutation(len(data))
-            for i in range(0, len(order), bs):
-                yield data.batch(order[i : i + bs])
+            yield from data.epoch(self.rng, bs)
             return
         if isinstance(data, EncodedPosts):
             order = self.rng.permutation(np.flatnonzero([len(t) > 0 for t in data.tags]))

@@ -5,7 +5,8 @@ Python, a positive per post through NumPy, the (B, S) mask of draws that are a p
 took about 50 ms a step on an H200 machine, while the GPU's kernels for the step took less: the
 GPU waited for the host (scripts/bench_training.py --device cuda --profile; docs/PERFORMANCE.md).
 Packed once per ``fit``, a batch is a row gather, its positives one random draw per row and its
-mask a comparison, all on the device, and the host only picks row indices.
+mask a comparison, all on the device, and the host only picks row indices. Batches group posts of
+similar length (``PackedPosts.epoch``), so that they are not padded to the longest post.
 
 The batches are the ones ``make_batch`` builds: ids padded to the batch's longest post with the
 paper's boundary padding, one mask entry per window. The host keeps the lengths, so the batch's
@@ -14,6 +15,7 @@ width is known without asking the device (no synchronisation).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,8 @@ import torch
 
 from tagspace.batch import EncodedPosts
 from tagspace.model import ModelConfig
+
+BUCKET_BATCHES = 50  # batches sorted by length together (``PackedPosts.epoch``)
 
 
 @dataclass
@@ -65,6 +69,24 @@ class PackedPosts:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def epoch(self, rng: np.random.Generator, batch_size: int,
+              bucket: int = BUCKET_BATCHES) -> Iterator[DeviceBatch]:
+        """Every post once, in batches of similar length, the batches in random order.
+
+        A batch is as wide as its longest post, and a random batch of 16,384 tweets holds
+        nearly the longest one of the data set (tweets: mean 11 tokens, up to 128), so most of
+        its convolution windows would be padding. As fairseq and tensor2tensor batch text, a
+        shuffled span of ``bucket`` batches is sorted by length and cut into batches."""
+        order = rng.permutation(len(self))
+        batches: list[np.ndarray] = []
+        span = batch_size * bucket
+        for start in range(0, len(order), span):
+            chunk = order[start : start + span]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        for k in rng.permutation(len(batches)):
+            yield self.batch(batches[k])
 
     def batch(self, rows: np.ndarray) -> DeviceBatch:
         """The batch of packed rows ``rows`` (host indices into the usable posts)."""

@@ -10,12 +10,14 @@ instead of (B, W, H). Autograd's own graph of the paper's order spent more time 
 than in them under bf16 (scripts/bench_training.py --profile; docs/PERFORMANCE.md): casts and
 copies of (B, W, H) tensors, a tanh and its backward over every window, and an amax backward
 made of three full passes. Here the only (B, W, H) work besides the GEMMs is the mask, one
-comparison that marks where each maximum is, and the gradient spread onto those places.
+max that also says which window each maximum came from, and the gradient scattered onto those
+places (marking the maxima with a (B, W, H) comparison and multiplying the gradient by it cost
+2 of the 15 ms of a batch-16,384 step's kernels on an H200, docs/PERFORMANCE.md).
 
 ``dtype``: the GEMMs run in it (bfloat16 on CPUs with bf16 units, ``tagspace.precision``); the
 inputs, the outputs and the gradients stay in the caller's dtype, so the lookup tables'
 gradients are summed in fp32 (a word repeated in a batch adds up many window gradients).
-A tie between windows sends the gradient to each of them (ties have probability ~0 in practice).
+A tie between windows sends the gradient to one of them (ties have probability ~0 in practice).
 Where no gradient is wanted (serving, ingestion) ``plain_window_max`` computes the same with plain
 ops: the function's machinery and a weight cast per call cost a one-post encode 30-190 us.
 """
@@ -40,19 +42,21 @@ class WindowMax(torch.autograd.Function):
         z = torch.mm(win, w.T).view(batch, windows, -1)  # (B, W, H)
         if not bool(mask.all()):  # posts of one length (a length-grouped batch) have none
             z.masked_fill_(~mask.unsqueeze(-1), float("-inf"))  # padding windows: never the max
-        top = z.amax(dim=1)  # (B, H)
+        top, where = z.max(dim=1)  # (B, H) maxima and the window each came from
         if any(ctx.needs_input_grad):
-            at_max = z == top.unsqueeze(1)  # (B, W, H) bool: where each maximum came from
-            ctx.save_for_backward(win, w, at_max)
-            ctx.shape = (x.shape, kernel)
+            ctx.save_for_backward(win, w, where)
+            ctx.shape = (x.shape, kernel, windows)
         return top.to(x.dtype) + bias
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        win, w, at_max = ctx.saved_tensors
-        x_shape, kernel = ctx.shape
-        batch, windows, hidden = at_max.shape
-        g = (at_max * grad.to(w.dtype).unsqueeze(1)).view(batch * windows, hidden)
+        win, w, where = ctx.saved_tensors
+        x_shape, kernel, windows = ctx.shape
+        batch, hidden = where.shape
+        # the gradient of each maximum, on the window it came from: a scatter into zeros
+        g = torch.zeros(batch, windows, hidden, dtype=w.dtype, device=grad.device)
+        g.scatter_(1, where.unsqueeze(1), grad.to(w.dtype).unsqueeze(1))
+        g = g.view(batch * windows, hidden)
         grad_weight = torch.mm(g.T, win).to(grad.dtype) if ctx.needs_input_grad[2] else None
         grad_bias = grad.sum(0) if ctx.needs_input_grad[3] else None
         grad_x = None

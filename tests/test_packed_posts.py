@@ -72,3 +72,28 @@ def test_packed_draws_follow_the_worker_seed():
 
     assert torch.equal(draws(3, 0), draws(3, 0))
     assert not torch.equal(draws(3, 0), draws(3, 1))
+
+
+def test_an_epoch_gives_every_post_once_in_batches_of_similar_length():
+    data = posts(n=500, seed=2)
+    packed = PackedPosts(data, ModelConfig(dim=8, hidden=16, n_words=30, n_tags=12), 0, 1, "cpu")
+    batches = list(packed.epoch(np.random.default_rng(0), batch_size=16, bucket=4))
+    assert sum(len(b) for b in batches) == len(packed)
+    # each post once: the batches' rows (padding dropped) are the packed rows
+    rows = sorted(tuple(r[r != 0]) for b in batches for r in b.ids.numpy())
+    assert rows == sorted(tuple(r[r != 0]) for r in packed.ids.numpy())
+    # by length: a batch's widest post is no wider than a random batch's, on average narrower
+    random_widths = [int(packed.lengths[np.random.default_rng(k).choice(len(packed), 16)].max())
+                     for k in range(len(batches))]
+    assert np.mean([b.ids.shape[1] for b in batches]) < np.mean(random_widths)
+
+
+def test_draws_in_posts_equals_comparing_every_word():
+    from tagspace.hogwild import _draws_in_posts
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        present = torch.from_numpy(rng.integers(-1, 15, size=(int(rng.integers(1, 6)), 7)))
+        negs = torch.from_numpy(rng.integers(0, 15, size=int(rng.integers(1, 40))))
+        every = (present.unsqueeze(1) == negs[None, :, None]).any(-1)
+        assert torch.equal(_draws_in_posts(present, negs), every)
