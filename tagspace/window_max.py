@@ -9,15 +9,18 @@ which computes the same embedding while tanh, its backward and the bias run on (
 instead of (B, W, H). Autograd's own graph of the paper's order spent more time outside the GEMMs
 than in them under bf16 (scripts/bench_training.py --profile; docs/PERFORMANCE.md): casts and
 copies of (B, W, H) tensors, a tanh and its backward over every window, and an amax backward
-made of three full passes. Here the only (B, W, H) work besides the GEMMs is the mask, one
-max that also says which window each maximum came from, and the gradient scattered onto those
-places (marking the maxima with a (B, W, H) comparison and multiplying the gradient by it cost
-2 of the 15 ms of a batch-16,384 step's kernels on an H200, docs/PERFORMANCE.md).
+made of three full passes. Here the only (B, W, H) work besides the GEMMs is the mask, finding
+where each maximum is, and the gradient spread onto those places. Where depends on the device
+(docs/PERFORMANCE.md): on the CPU a vectorised amax and one comparison that marks the maxima
+(the CPU's max with indices took 7x the amax in bf16), on a GPU the max with indices and the
+gradient scattered onto them (the comparison and the multiply by its mask took 2 of the 15 ms
+of a batch-16,384 step's kernels on an H200).
 
 ``dtype``: the GEMMs run in it (bfloat16 on CPUs with bf16 units, ``tagspace.precision``); the
 inputs, the outputs and the gradients stay in the caller's dtype, so the lookup tables'
 gradients are summed in fp32 (a word repeated in a batch adds up many window gradients).
-A tie between windows sends the gradient to one of them (ties have probability ~0 in practice).
+A tie between windows sends the gradient to each of them on the CPU, to one on a GPU (ties have
+probability ~0 in practice).
 Where no gradient is wanted (serving, ingestion) ``plain_window_max`` computes the same with plain
 ops: the function's machinery and a weight cast per call cost a one-post encode 30-190 us.
 """
@@ -27,6 +30,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+
+def indexed_max(device: torch.device) -> bool:
+    """Find the maxima with their window indices (GPUs) rather than by comparison (CPUs)."""
+    return device.type != "cpu"
 
 
 class WindowMax(torch.autograd.Function):
@@ -42,7 +50,11 @@ class WindowMax(torch.autograd.Function):
         z = torch.mm(win, w.T).view(batch, windows, -1)  # (B, W, H)
         if not bool(mask.all()):  # posts of one length (a length-grouped batch) have none
             z.masked_fill_(~mask.unsqueeze(-1), float("-inf"))  # padding windows: never the max
-        top, where = z.max(dim=1)  # (B, H) maxima and the window each came from
+        if not indexed_max(z.device):  # a vectorised amax, then (B, W, H) bool marks the maxima
+            top = z.amax(dim=1)
+            where = z == top.unsqueeze(1) if any(ctx.needs_input_grad) else top
+        else:  # one pass that also says which window each (B, H) maximum came from
+            top, where = z.max(dim=1)
         if any(ctx.needs_input_grad):
             ctx.save_for_backward(win, w, where)
             ctx.shape = (x.shape, kernel, windows)
@@ -52,10 +64,13 @@ class WindowMax(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         win, w, where = ctx.saved_tensors
         x_shape, kernel, windows = ctx.shape
-        batch, hidden = where.shape
-        # the gradient of each maximum, on the window it came from: a scatter into zeros
-        g = torch.zeros(batch, windows, hidden, dtype=w.dtype, device=grad.device)
-        g.scatter_(1, where.unsqueeze(1), grad.to(w.dtype).unsqueeze(1))
+        batch, hidden = grad.shape
+        # the gradient of each maximum, on the window it came from
+        if where.dtype == torch.bool:
+            g = where * grad.to(w.dtype).unsqueeze(1)
+        else:  # window indices: a scatter into zeros
+            g = torch.zeros(batch, windows, hidden, dtype=w.dtype, device=grad.device)
+            g.scatter_(1, where.unsqueeze(1), grad.to(w.dtype).unsqueeze(1))
         g = g.view(batch * windows, hidden)
         grad_weight = torch.mm(g.T, win).to(grad.dtype) if ctx.needs_input_grad[2] else None
         grad_bias = grad.sum(0) if ctx.needs_input_grad[3] else None

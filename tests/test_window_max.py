@@ -35,7 +35,9 @@ def grads(out: torch.Tensor, model: TagSpaceModel) -> list[torch.Tensor]:
     return list(torch.autograd.grad((out * weights).sum(), params))
 
 
-def test_the_fused_layer_computes_the_papers_embedding_and_gradients():
+@pytest.mark.parametrize("indexed", [False, True])  # the CPU's way and the GPU's
+def test_the_fused_layer_computes_the_papers_embedding_and_gradients(indexed, monkeypatch):
+    monkeypatch.setattr("tagspace.window_max.indexed_max", lambda device: indexed)
     model, ids, mask = model_and_batch(dim=8, kernel=3, hidden=20)
     fused = model.embed_posts(ids, mask)
     reference = paper_order(model, model.word_emb[ids], mask)
