@@ -138,6 +138,14 @@ class Settings:
                          "optimizer state stay fp32. The step ran 2.9x fp32 at batch 256, "
                          "d=256, and 1.2x at this daemon's 16 short posts, d=64 "
                          "(scripts/bench_training.py, docs/PERFORMANCE.md)", "model")
+    train_device: str = _s("cpu", "where the training process steps: cpu (on the shared model "
+                           "itself), cuda or cuda:N (on a copy there; the rows a step changed "
+                           "are written back at once, the layers every train_publish_s)",
+                           "model")
+    train_publish_s: float = _s(1.0, "with train_device off the CPU: seconds between writing "
+                                "the trained convolution and output layers back to the served "
+                                "model (what a restart of the training process can lose)",
+                                "model")
     reembed_rate: float = _s(200.0, "posts per second the re-embedder refreshes at most",
                              "model")
     # serving
@@ -186,6 +194,10 @@ class Settings:
         if self.train_queue < self.max_poll_records:
             raise bad("train_queue", f"must be >= max_poll_records ({self.max_poll_records}): "
                       "a smaller buffer would drop most of every batch")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.train_device):
+            raise bad("train_device", f"must be cpu, cuda or cuda:N, got {self.train_device!r}")
+        if self.train_device != "cpu" and self.trains and not self.train_process:
+            raise bad("train_device", "a device other than the CPU needs train_process")
         for name in ("ingest_bf16", "train_bf16"):
             if getattr(self, name) not in PRECISION_CHOICES:
                 raise bad(name, f"must be one of {', '.join(PRECISION_CHOICES)}")

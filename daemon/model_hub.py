@@ -197,7 +197,8 @@ def train_config(settings: Settings) -> TrainConfig:
     """Online training's step settings."""
     s = settings
     return TrainConfig(lr=s.lr, batch_size=s.batch_size, negatives=s.negatives,
-                       positives="all", workers=s.workers, bf16=s.train_bf16)
+                       positives="all", workers=s.workers, bf16=s.train_bf16,
+                       device=s.train_device)
 
 
 class ServedModel(Protocol):

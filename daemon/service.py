@@ -62,7 +62,8 @@ class Daemon:
         if s.trains and s.train_process:
             self.trainer = TrainingProcess(self.hub.online, self.metrics, s.workers,
                                            s.batch_size, s.train_queue, train,
-                                           yield_max_s=s.train_yield_max_s)
+                                           yield_max_s=s.train_yield_max_s,
+                                           publish_s=s.train_publish_s)
         elif s.trains:
             self.trainer = OnlineTrainer(self.hub.online, self.metrics, s.workers,
                                          s.batch_size, s.train_queue)

@@ -15,6 +15,10 @@ newest first. When training falls behind, the oldest waiting batches are dropped
 from the shared row generations (their optimizer state starts afresh) and of the tags in use
 from the shared ``active`` mask.
 
+On a GPU (``train_device``) the steps run on a copy of the model there, which writes the rows
+each step changed back into the shared model at once and the layers every ``train_publish_s``
+(``daemon.device_replica``).
+
 Faults: a crashed child is restarted (counted in ``tagspace_trainer_restarts_total``) and the
 weights survive it, being the parent's memory; its AdaGrad state starts afresh. The child dies
 with its parent (``PR_SET_PDEATHSIG``), so a kill -9 of the daemon leaves nothing behind.
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
+from daemon.device_replica import DeviceReplica
 from daemon.in_flight import wait_for_idle_serving
 from daemon.metrics import Metrics
 from daemon.shared_model import attach, share
@@ -54,9 +59,14 @@ class TrainingProcess:
 
     def __init__(self, online: OnlineTagSpace, metrics: Metrics, workers: int, batch_size: int,
                  queue_size: int, train: TrainConfig, guard: Guard | None = None,
-                 yield_max_s: float = 0.5):
+                 yield_max_s: float = 0.5, publish_s: float = 1.0):
+        """``train.device``: where the steps run; off the CPU on a copy of the model that
+        publishes to the shared one (rows at once, the layers every ``publish_s``)."""
+        device = torch.device(train.device)
+        if device.type == "cuda" and not torch.cuda.is_available():  # not a restart loop later
+            raise ValueError(f"train_device={train.device}: this machine has no CUDA device")
         self.online, self.metrics = online, metrics
-        self.yield_max_s = yield_max_s
+        self.yield_max_s, self.publish_s = yield_max_s, publish_s
         self.workers, self.batch_size = workers, batch_size
         self.train, self.guard = train, guard or online.guard
         self.max_batches = max(1, queue_size // batch_size)
@@ -92,7 +102,8 @@ class TrainingProcess:
         self._proc = self._ctx.Process(
             target=_child_main, name="tagspace-trainer", daemon=True,
             args=(os.getpid(), self._shared, self.train, self.guard, self.workers,
-                  self._jobs, self._results, self._child_stop, self.yield_max_s))
+                  self._jobs, self._results, self._child_stop, self.yield_max_s,
+                  self.publish_s))
         self._proc.start()
         log.info("training process %d started (%d Hogwild workers, idle CPU priority)",
                  self._proc.pid, self.workers)
@@ -223,7 +234,7 @@ class TrainingProcess:
 # the child's side
 def _child_main(parent: int, shared: dict[str, Any], train: TrainConfig, guard: Guard,
                 workers: int, jobs: Any, results: Any, stop_flag: torch.Tensor,
-                yield_max_s: float) -> None:
+                yield_max_s: float, publish_s: float) -> None:
     from daemon.embedded import die_with_parent
 
     preexec = die_with_parent(parent)
@@ -234,9 +245,14 @@ def _child_main(parent: int, shared: dict[str, Any], train: TrainConfig, guard: 
     stop = stop_flag.numpy()  # the parent's page: it sets 1 to stop us
     model = attach(shared)
     arrays = {k: v.numpy() for k, v in shared["arrays"].items()}
-    steps = HogwildSteps(model, train, shared["pad_id"], shared["unk_id"],
-                         (arrays["words.row_generation"], arrays["tags.row_generation"]), guard)
-    rows = _RowWatch(steps, arrays)
+    generations = (arrays["words.row_generation"], arrays["tags.row_generation"])
+    replica = None
+    if torch.device(train.device).type != "cpu":  # steps on a copy there, written back
+        replica = DeviceReplica(model, train.device, generations, publish_s)
+        model = replica.model
+    steps = HogwildSteps(model, train, shared["pad_id"], shared["unk_id"], generations, guard,
+                         on_applied=replica.publish_rows if replica else None)
+    rows = _RowWatch(steps, arrays, replica)
     in_flight = shared["in_flight"].numpy()
     threads = [threading.Thread(target=_work, args=(steps, rows, jobs, results, stop,
                                                     in_flight, yield_max_s),
@@ -245,10 +261,14 @@ def _child_main(parent: int, shared: dict[str, Any], train: TrainConfig, guard: 
         t.start()
     while not stop[0]:
         time.sleep(0.2)
+        if replica is not None:
+            replica.publish_layers()
         if os.getppid() != parent:  # orphaned without PDEATHSIG: nothing to train for
             return
     for t in threads:
         t.join(2.0)
+    if replica is not None:
+        replica.publish_layers(force=True)
     left = 0
     while True:
         try:
@@ -285,8 +305,9 @@ class _RowWatch:
     """Follows the parent's admissions through the shared arrays: rows whose generation moved
     get fresh optimizer state, and the negatives pool is the tags now in use."""
 
-    def __init__(self, steps: HogwildSteps, arrays: dict[str, np.ndarray]):
-        self.steps, self.arrays = steps, arrays
+    def __init__(self, steps: HogwildSteps, arrays: dict[str, np.ndarray],
+                 replica: DeviceReplica | None = None):
+        self.steps, self.arrays, self.replica = steps, arrays, replica
         self._lock = threading.Lock()
         self.seen = {k: int(arrays[f"{k}.row_generation"].max(initial=0))
                      for k in ("words", "tags")}
@@ -303,6 +324,8 @@ class _RowWatch:
                 self.seen[kind] = now
             if moved["words"] or moved["tags"]:
                 self.steps.reset_rows(moved["words"], moved["tags"])
+                if self.replica is not None:  # the parent's new rows into the device copy
+                    self.replica.pull_rows(moved["words"], moved["tags"])
             if moved["tags"]:
                 self.steps.set_pool(np.flatnonzero(self.arrays["tags.active"]))
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from tagspace.hogwild import HogwildWorker, PendingStep, TrainConfig
 from tagspace.model import TagSpaceModel
@@ -49,6 +50,10 @@ class OnlineStep:
     dropped: str | None = None  # the step was computed but not applied: NONFINITE, ...
 
 
+# called with a step's word and tag rows and the generations its batch was encoded at
+AppliedRows = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], None]
+
+
 @dataclass(frozen=True)
 class EncodedBatch:
     """Posts as row ids, ready for a step (small and picklable: it crosses processes)."""
@@ -67,8 +72,12 @@ class HogwildSteps:
     """Per-thread Hogwild workers over one model, with the step ``Guard``."""
 
     def __init__(self, model: TagSpaceModel, config: TrainConfig, pad_id: int, unk_id: int,
-                 row_generation: tuple[np.ndarray, np.ndarray], guard: Guard | None = None):
+                 row_generation: tuple[np.ndarray, np.ndarray], guard: Guard | None = None,
+                 on_applied: AppliedRows | None = None):
+        """``on_applied(word_rows, tag_rows, since)``: after each applied step, with the rows it
+        changed (a device copy of the model writes them back: ``daemon.device_replica``)."""
         self.model, self.config = model, config
+        self.on_applied = on_applied
         self.pad_id, self.unk_id = pad_id, unk_id
         self.row_generation = row_generation
         self.guard = guard or Guard()
@@ -108,6 +117,8 @@ class HogwildSteps:
             skipped[dropped] += len(gold)
             return OnlineStep(0, 0.0, 0.0, skipped=dict(skipped), dropped=dropped)
         stats = worker.apply(pending, batch.since)
+        if self.on_applied is not None and pending.grads:
+            self.on_applied(pending.word_rows, pending.tag_rows, batch.since)
         self._track_loss(per_example)
         return OnlineStep(stats.examples, stats.loss, stats.trials, stats.stale_rows,
                           dict(skipped))

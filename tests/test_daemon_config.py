@@ -346,3 +346,10 @@ def test_serve_nice_takes_nice_values_zero_and_negative_included() -> None:
     assert "serve_nice" in config_error(TAGSPACE_SERVE_NICE="20")
     assert "serve_nice" in config_error(TAGSPACE_SERVE_NICE="-21")
     assert "must be a finite number > 0" in config_error(TAGSPACE_WORKERS="0")  # others still
+
+
+def test_the_training_device_is_checked() -> None:
+    assert load(TAGSPACE_TRAIN_DEVICE="cuda:1").train_device == "cuda:1"
+    assert "train_device" in config_error(TAGSPACE_TRAIN_DEVICE="gpu")
+    message = config_error(TAGSPACE_TRAIN_DEVICE="cuda", TAGSPACE_TRAIN_PROCESS="false")
+    assert "needs train_process" in message

@@ -5,6 +5,7 @@ is restarted with the weights kept."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -28,24 +29,27 @@ def _keep_torch_threads():
     torch.set_num_threads(threads)
 
 
-def started(online, metrics: Metrics, queue_size: int = 64) -> TrainingProcess:  # type: ignore[no-untyped-def]
+def started(online, metrics: Metrics, queue_size: int = 64,  # type: ignore[no-untyped-def]
+            train: TrainConfig = TRAIN) -> TrainingProcess:
     trainer = TrainingProcess(online, metrics, workers=2, batch_size=4, queue_size=queue_size,
-                              train=TRAIN)
+                              train=train)
     trainer.start()
     return trainer
 
 
-def test_the_childs_steps_change_the_parents_model_and_every_post_is_accounted():
+# on a GPU too where one is present: the steps on a copy there (daemon.device_replica)
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_the_childs_steps_change_the_parents_model_and_every_post_is_accounted(device):
     online, stream = online_with_topics()
     metrics = Metrics()
     before = online.model.tag_emb.detach().clone()
-    trainer = started(online, metrics)
+    trainer = started(online, metrics, train=dataclasses.replace(TRAIN, device=device))
     try:
         for _ in range(5):
             trainer.offer(stream)
         wait_for(lambda: trainer.idle() and accounted(metrics) == 5 * len(stream), 60)
         assert trainer.steps > 0 and trained(metrics) > 0
-        # shared memory: the parent's own tensors moved, nothing was copied back
+        # the parent's own tensors moved (shared memory, or rows written back from the GPU)
         assert not torch.equal(online.model.tag_emb.detach(), before)
         assert torch.isfinite(online.model.tag_emb).all()
         # (the loss gauge is the last step's: 0 once the toy topics are separated, so no check)
