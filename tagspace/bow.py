@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sps
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from tagspace.vocab import _escape, _unescape
+from tagspace.vocab import _unescape, tsv_lines
 
 IDF_FILE = "idf.tsv"  # beside a model: the IDF its personalization was tuned with
 
@@ -39,10 +39,10 @@ class BagOfWords:
         """One ``token<TAB>idf`` line per term (repr of the float: exact round trip)."""
         vocab = self.vectorizer.vocabulary_
         idf = self.vectorizer.idf_
-        lines = [f"{_escape(t)}\t{float(idf[i])!r}\n" for t, i in sorted(vocab.items(),
-                                                                        key=lambda x: x[1])]
+        terms = sorted(vocab, key=vocab.__getitem__)
+        values = (repr(float(idf[vocab[t]])) for t in terms)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(lines), encoding="utf-8")
+        tmp.write_text(tsv_lines(terms, values), encoding="utf-8")
         tmp.replace(path)
 
     @classmethod

@@ -32,6 +32,15 @@ def test_round_trip_with_awkward_tokens(tmp_path: Path):
     assert back.tokens == v.tokens and back.counts == v.counts
 
 
+@pytest.mark.parametrize("tokens", [[], ["plain", "words", "#tag"], ["one\\odd", "plain"]])
+def test_round_trip_of_plain_and_empty_vocabularies(tmp_path: Path, tokens):
+    v = Vocabulary(tokens, list(range(1, len(tokens) + 1)))
+    v.save(tmp_path / "v.tsv")
+    assert (tmp_path / "v.tsv").read_text().count("\n") == len(tokens)
+    back = Vocabulary.load(tmp_path / "v.tsv")
+    assert back.tokens == v.tokens and back.counts == v.counts
+
+
 def test_load_rejects_garbage(tmp_path: Path):
     (tmp_path / "v.tsv").write_text("no count here\n")
     with pytest.raises(ValueError, match="token<TAB>count"):

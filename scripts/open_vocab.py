@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""Open-vocabulary hashtag suggestion (tagspace/open_vocab.py) against the known-tags ranking.
+
+1. The training file is split by line, 80 / 20 with a fixed seed: a model is trained on the 80
+   part (`tagspace train`, the CLI's defaults, or `--fold-model`), and the open-vocabulary
+   scorer is fitted on the 20 part with that model's content scores, so that it learns from
+   scores of posts the model did not train on. Copy statistics come from the 80 part.
+2. Evaluated on the validation posts with `--model` (trained on the whole training file) and
+   copy statistics from the whole training file: P@1 and R@10 with every gold tag (a
+   never-seen gold tag is a possible hit), and the `_known` variants; content only, and
+   personalized by the authors' training posts (the model's tuned author weights).
+3. Ablation: the scorer refitted without each candidate source in turn.
+
+Usage: python scripts/open_vocab.py --model runs/q-d64-bf16off [--train F] [--valid F]
+       [--fold-model DIR] [--dim 64] [--json docs/results/open-vocab/howyoutagtweets.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tagspace.checkpoint import load_checkpoint
+from tagspace.dataset import Post, read_posts
+from tagspace.open_vocab import (
+    SOURCES,
+    Candidates,
+    CopyStats,
+    OpenVocabConfig,
+    OpenVocabScorer,
+    candidates,
+    known_top,
+    open_metrics,
+)
+from tagspace.personalize import (
+    DEFAULT_WEIGHTS,
+    AuthorProfiles,
+    PersonalizedScorer,
+    load_personalization,
+)
+
+HYT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "howyoutagtweets"
+
+
+def split_lines(path: Path, out: Path, share: float, seed: int) -> tuple[Path, Path]:
+    lines = path.read_bytes().splitlines(keepends=True)
+    order = np.random.default_rng(seed).permutation(len(lines))
+    cut = int(len(lines) * share)
+    parts = []
+    for name, idx in (("model", order[:cut]), ("scorer", order[cut:])):
+        part = out / f"{name}{path.suffix}"
+        part.write_bytes(b"".join(lines[i] for i in sorted(idx)))
+        parts.append(part)
+    return parts[0], parts[1]
+
+
+def train_fold_model(data: Path, out: Path, dim: int) -> Path:
+    cmd = [sys.executable, "-m", "tagspace.cli", "train", "--data", str(data), "--out", str(out),
+           "--dim", str(dim), "--bf16", "off", "--quiet"]
+    print("training the fold model:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def content_and_personal(model_dir: Path, profile_posts: Sequence[Post],
+                         weights_from: Path) -> tuple[Any, Any]:
+    checkpoint = load_checkpoint(model_dir)
+    reference = load_checkpoint(weights_from)
+    weights, bow = load_personalization(weights_from, reference.extra, DEFAULT_WEIGHTS)
+    profiles = AuthorProfiles.from_posts(profile_posts)
+    return checkpoint.tagger, PersonalizedScorer(checkpoint.tagger, profiles, weights, bow)
+
+
+def candidate_sets(scorer: Any, posts: Sequence[Post], stats: CopyStats,
+                   config: OpenVocabConfig, profiles: AuthorProfiles | None) -> list[Candidates]:
+    tags = scorer.tags.tokens
+    vocabulary = frozenset(tags)
+    out = []
+    for start in range(0, len(posts), 512):
+        chunk = posts[start : start + 512]
+        tops = known_top(scorer.scores(chunk), tags, config.known_k)
+        for post, top in zip(chunk, tops, strict=True):
+            history = profiles.get(post.user_id) if profiles is not None else None
+            out.append(candidates(post.tokens, top, stats, config, history, vocabulary))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", type=Path, required=True, help="trained on the whole --train")
+    p.add_argument("--train", type=Path, default=HYT / "train.csv")
+    p.add_argument("--valid", type=Path, default=HYT / "valid.csv")
+    p.add_argument("--fold-model", type=Path, help="a model of the 80 part (trained if absent)")
+    p.add_argument("--dim", type=int, default=64, help="of the fold model, if trained here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    started = time.perf_counter()
+    full_config = OpenVocabConfig()
+    with tempfile.TemporaryDirectory(prefix="tagspace-openvocab-") as tmp:
+        model_part, scorer_part = split_lines(args.train, Path(tmp), 0.8, args.seed)
+        fold = args.fold_model
+        if fold is None or not (fold / "config.json").is_file():
+            fold = train_fold_model(model_part, fold or Path(tmp) / "fold", args.dim)
+        part_a = list(read_posts(model_part, require_tags=True))
+        part_b = list(read_posts(scorer_part, require_tags=True))
+    train = list(read_posts(args.train, require_tags=True))
+    valid = list(read_posts(args.valid, require_tags=True))
+    print(f"{len(part_a)} + {len(part_b)} training posts (model + scorer), {len(valid)} valid")
+
+    results: dict[str, Any] = {
+        "machine": f"{platform.node()}, {platform.processor() or platform.machine()}",
+        "model": str(args.model), "fold_model": str(fold), "seed": args.seed,
+        "config": {"known_k": full_config.known_k, "max_concat": full_config.max_concat},
+        "rows": [],
+    }
+    stats_a = CopyStats.from_posts(((q.tokens, q.tags) for q in part_a), full_config.max_concat)
+    stats_all = CopyStats.from_posts(((q.tokens, q.tags) for q in train), full_config.max_concat)
+    fold_content, fold_personal = content_and_personal(fold, part_a, args.model)
+    content, personal = content_and_personal(args.model, train, args.model)
+    profiles_a = AuthorProfiles.from_posts(part_a)
+    profiles_all = AuthorProfiles.from_posts(train)
+    vocabulary = frozenset(content.tags.tokens)
+    gold = [q.tags for q in valid]
+
+    def row(name: str, rankings: list[list[str]], **extra: Any) -> None:
+        m = open_metrics(rankings, gold, vocabulary)
+        entry = {"name": name, **m.__dict__, **extra}
+        results["rows"].append(entry)
+        print(f"{name:48s} P@1 {m.p_at_1:.4f}  R@10 {m.r_at_10:.4f}  "
+              f"(known: {m.p_at_1_known:.4f} / {m.r_at_10_known:.4f})", flush=True)
+
+    for mode, fold_scorer, scorer, fold_profiles, profiles in (
+            ("content", fold_content, content, None, None),
+            ("personalized", fold_personal, personal, profiles_a, profiles_all)):
+        tops = []
+        for start in range(0, len(valid), 512):
+            tops += known_top(scorer.scores(valid[start : start + 512]), content.tags.tokens, 10)
+        row(f"{mode}: known tags only (the model's ranking)", [[t for t, _ in top]
+                                                               for top in tops])
+        ablations = [("all sources", SOURCES)] + [
+            (f"without {s}", tuple(x for x in SOURCES if x != s)) for s in SOURCES[1:]
+            if not (s == "author" and mode == "content")]
+        for label, sources in ablations:
+            if mode == "content":
+                sources = tuple(s for s in sources if s != "author")
+            config = OpenVocabConfig(sources=sources)
+            train_sets = candidate_sets(fold_scorer, part_b, stats_a, config, fold_profiles)
+            ranker = OpenVocabScorer.fit(
+                list(zip(train_sets, [q.tags for q in part_b], strict=True)), config, stats_a,
+                seed=args.seed)
+            test_sets = candidate_sets(scorer, valid, stats_all, config, profiles)
+            found = sum(bool(set(c.tags) & set(g)) for c, g in zip(test_sets, gold, strict=True))
+            rankings = [[t for t, _ in ranker.rank(c)] for c in test_sets]
+            row(f"{mode}: open vocabulary, {label}", rankings, sources=list(sources),
+                posts_with_a_gold_candidate=found,
+                mean_candidates=float(np.mean([len(c.tags) for c in test_sets])))
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Open-vocabulary hashtags: candidates beyond the tag vocabulary, ranked on one scale with the
+known ones.
+
+The paper's model (and StarSpace's, and fastText's) can only name a tag it has a row for, and
+on howyoutagtweets 36% of the validation gold tags never occur in training (docs/RESULTS.md).
+Many of those are the post's own words or several of them run together (``#thingsilove``), so
+this module adds, per post:
+
+- **candidates**: the model's best known tags (``known_k``), the post's words, runs of 2 to
+  ``max_concat`` consecutive words joined without spaces (``concat``), and the author's past
+  tags (``author``, when a history is given);
+- **features** of each candidate: its content score and rank among the known tags (0 where the
+  model does not know it), whether and how it appears in the post, how often such a string was
+  a hashtag of the training posts it appeared in (``CopyStats``: the copy rate a reader infers
+  from "#rupee gain" in a headline), how often it was a tag at all, its length, its character
+  trigram similarity to the model's best known tags, and the author's use of it;
+- **a scorer** learned on training posts only: gradient-boosted trees (scikit-learn's
+  ``HistGradientBoostingClassifier``) predicting "is a gold tag of this post" from those
+  features, whose probability is the one scale for known and new candidates.
+
+The paper's model is unchanged underneath: known tags are still scored by it, and with
+``sources=("known",)`` the ranking is its own (what the tests check). The scorer must see
+content scores that behave as they will at suggestion time, so it is fitted on posts the model
+did not train on (``scripts/open_vocab.py`` trains a model on part of the training posts and
+fits the scorer on the rest).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from tagspace.personalize import AuthorHistory
+
+SOURCES = ("known", "word", "concat", "author")
+FEATURES = ("known", "content", "content_gap", "known_rank", "word", "concat", "copy_logodds",
+            "log_appear", "log_tag_count", "log_chars", "char_sim", "author_log_count")
+
+
+@dataclass(frozen=True)
+class OpenVocabConfig:
+    known_k: int = 30  # the model's best known tags taken as candidates
+    max_concat: int = 3  # words joined into one candidate, at most
+    sources: tuple[str, ...] = SOURCES
+
+    def __post_init__(self) -> None:
+        unknown = set(self.sources) - set(SOURCES)
+        if unknown or "known" not in self.sources:
+            raise ValueError(f"sources must include 'known' and be among {SOURCES}, got "
+                             f"{self.sources}")
+        if self.known_k < 1 or self.max_concat < 1:
+            raise ValueError("known_k and max_concat must be >= 1")
+
+
+def post_strings(tokens: Sequence[str], max_concat: int) -> dict[str, int]:
+    """Candidate strings from a post's tokens -> how many words each joins (1: a word). Only
+    word tokens (letters or digits; no placeholders such as ``<url>``, no punctuation) of 2+
+    characters alone, any length inside a run."""
+    words = [t if t.isalnum() else None for t in tokens]
+    out: dict[str, int] = {}
+    for i, w in enumerate(words):
+        if w is None:
+            continue
+        if len(w) >= 2:
+            out.setdefault(w, 1)
+        run = w
+        for n in range(2, max_concat + 1):
+            nxt = words[i + n - 1] if i + n - 1 < len(words) else None
+            if nxt is None:
+                break
+            run += nxt
+            out.setdefault(run, n)
+    return out
+
+
+class CopyStats:
+    """Per string, from training posts: in how many it appears as a word or a run of words
+    (``appear``), in how many of those it is also a hashtag (``copied``), and in how many it is
+    a hashtag at all (``tag_count``)."""
+
+    def __init__(self, appear: Counter[str], copied: Counter[str], tag_count: Counter[str]):
+        self.appear, self.copied, self.tag_count = appear, copied, tag_count
+        total_appear = sum(appear.values())
+        self.prior = (sum(copied.values()) + 1.0) / (total_appear + 2.0)
+
+    @classmethod
+    def from_posts(cls, posts: Iterable[tuple[Sequence[str], Sequence[str]]],
+                   max_concat: int) -> CopyStats:
+        """From (tokens, tags) of training posts."""
+        appear: Counter[str] = Counter()
+        copied: Counter[str] = Counter()
+        tag_count: Counter[str] = Counter()
+        for tokens, tags in posts:
+            strings = post_strings(tokens, max_concat)
+            appear.update(strings)
+            tag_count.update(set(tags))
+            copied.update(t for t in set(tags) if t in strings)
+        return cls(appear, copied, tag_count)
+
+    def copy_logodds(self, s: str) -> float:
+        """Log-odds that ``s`` is a hashtag of a post it appears in, shrunk to the overall rate
+        by one pseudo-post's worth of it."""
+        a, c = self.appear[s], self.copied[s]
+        p = (c + self.prior) / (a + 1.0)
+        return math.log(p / (1.0 - p)) if 0.0 < p < 1.0 else (9.0 if p >= 1.0 else -9.0)
+
+
+@dataclass
+class Candidates:
+    """One post's candidates and their features (rows in the order of ``tags``)."""
+
+    tags: list[str]
+    features: np.ndarray  # (len(tags), len(FEATURES)) float32
+
+
+def _trigrams(s: str) -> set[str]:
+    s = f"^{s}$"
+    return {s[i : i + 3] for i in range(len(s) - 2)}
+
+
+def candidates(tokens: Sequence[str], known: Sequence[tuple[str, float]], stats: CopyStats,
+               config: OpenVocabConfig, history: AuthorHistory | None = None,
+               vocabulary: set[str] | frozenset[str] = frozenset()) -> Candidates:
+    """``known``: the model's best known tags with their content scores, best first (at least
+    ``config.known_k`` of them where the model knows that many); ``vocabulary``: every tag the
+    model knows (a candidate from another source may be one)."""
+    src = set(config.sources)
+    known = list(known[: config.known_k])
+    content = {t: (s, r) for r, (t, s) in enumerate(known)}
+    top_score = known[0][1] if known else 0.0
+    floor = known[-1][1] if known else 0.0
+    in_post = post_strings(tokens, config.max_concat)
+    tags: dict[str, None] = dict.fromkeys(t for t, _ in known)
+    for s, n in in_post.items():
+        if (n == 1 and "word" in src) or (n > 1 and "concat" in src):
+            tags.setdefault(s, None)
+    if history is not None and "author" in src:
+        for t, _ in history.counts.most_common(config.known_k):
+            tags.setdefault(t, None)
+    best = [_trigrams(t) for t, _ in known[:5]]
+    rows = np.zeros((len(tags), len(FEATURES)), np.float32)
+    for i, tag in enumerate(tags):
+        n = in_post.get(tag, 0)
+        score, rank = content.get(tag, (floor, config.known_k))
+        grams = _trigrams(tag)  # similarity to the best known tags other than itself
+        sim = max((len(grams & b) / len(grams | b)
+                   for (t, _), b in zip(known[:5], best, strict=False) if t != tag), default=0.0)
+        uses = history.counts[tag] if history is not None else 0
+        rows[i] = (tag in content or tag in vocabulary, score, top_score - score,
+                   math.log1p(rank), n == 1, n if n > 1 else 0, stats.copy_logodds(tag),
+                   math.log1p(stats.appear[tag]), math.log1p(stats.tag_count[tag]),
+                   math.log(len(tag)), sim, math.log1p(uses))
+    return Candidates(list(tags), rows)
+
+
+class OpenVocabScorer:
+    """Ranks a post's candidates by the learned probability of being one of its hashtags."""
+
+    def __init__(self, config: OpenVocabConfig, stats: CopyStats,
+                 model: HistGradientBoostingClassifier):
+        self.config, self.stats, self.model = config, stats, model
+
+    @classmethod
+    def fit(cls, examples: Sequence[tuple[Candidates, Sequence[str]]], config: OpenVocabConfig,
+            stats: CopyStats, seed: int = 0) -> OpenVocabScorer:
+        """From (candidates, gold tags) of posts the content model did not train on."""
+        x = np.concatenate([c.features for c, _ in examples])
+        y = np.concatenate([[t in set(gold) for t in c.tags] for c, gold in examples])
+        if y.all() or not y.any():
+            raise ValueError("the training candidates need hits and misses")
+        model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1,
+                                               early_stopping=True, random_state=seed)
+        model.fit(x, y)
+        return cls(config, stats, model)
+
+    def rank(self, found: Candidates, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` best candidates with their probability, best first (ties: the order in
+        which they were found, known tags first)."""
+        if not found.tags:
+            return []
+        p = self.model.predict_proba(found.features)[:, 1]
+        order = np.argsort(-p, kind="stable")[:k]
+        return [(found.tags[i], float(p[i])) for i in order]
+
+
+@dataclass(frozen=True)
+class OpenMetrics:
+    """P@1 and R@10 over ranked tag strings, the contract's definitions with every gold tag a
+    possible hit; ``_known``: gold restricted to the tags of the training vocabulary."""
+
+    p_at_1: float
+    r_at_10: float
+    p_at_1_known: float
+    r_at_10_known: float
+    n_posts: int
+    n_gold_tags: int
+
+
+def open_metrics(rankings: Sequence[Sequence[str]], gold: Sequence[Sequence[str]],
+                 vocabulary: set[str] | frozenset[str]) -> OpenMetrics:
+    if len(rankings) != len(gold) or not gold:
+        raise ValueError("one ranking per post with gold tags, at least one")
+    hits1 = hits10 = n_gold = 0
+    hits1_k = hits10_k = n_gold_k = posts_k = 0
+    for ranked, tags in zip(rankings, gold, strict=True):
+        g = set(tags)
+        top10 = set(ranked[:10])
+        hit1 = bool(ranked) and ranked[0] in g
+        hits1 += hit1
+        hits10 += len(g & top10)
+        n_gold += len(g)
+        known = g & vocabulary
+        if known:
+            posts_k += 1
+            hits1_k += bool(ranked) and ranked[0] in known
+            hits10_k += len(known & top10)
+            n_gold_k += len(known)
+    return OpenMetrics(hits1 / len(gold), hits10 / max(n_gold, 1), hits1_k / max(posts_k, 1),
+                       hits10_k / max(n_gold_k, 1), len(gold), n_gold)
+
+
+def known_top(scores: np.ndarray, tags: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    """Per row of (P, N) content scores, the ``k`` best tags and scores, best first (ties by
+    tag id, as the metrics break them)."""
+    k = min(k, scores.shape[1])
+    out = []
+    for row in scores:
+        part = np.argpartition(-row, k - 1)[:k]
+        part = part[np.lexsort((part, -row[part]))]
+        out.append([(tags[i], float(row[i])) for i in part])
+    return out
