@@ -119,7 +119,12 @@ class Settings:
     tag_capacity: int = _s(100_000, "rows preallocated for hashtags", "model")
     min_word_count: int = _s(1, "occurrences before a new word gets a row (prequential "
                              "study: 1 beats 2 on both data sets, docs/MODEL.md)", "model")
-    min_tag_count: int = _s(2, "occurrences before a new hashtag gets a row", "model")
+    min_tag_count: int = _s(2, "occurrences before a new hashtag gets a regular row", "model")
+    tag_first_sight: bool = _s(True, "a new hashtag gets a row at its first post, on probation "
+                               "(suggestible at once, warm-started at that post's embedding): "
+                               "it takes a free row or the least recently seen probationary "
+                               "one, never a regular row; min_tag_count posts make it regular "
+                               "(false: no row before min_tag_count posts)", "model")
     lr: float = _s(0.02, "AdaGrad step of online training", "model")
     negatives: int = _s(500, "WARP negatives per step", "model")
     batch_size: int = _s(16, "posts per Hogwild step", "model")

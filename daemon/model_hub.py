@@ -71,7 +71,8 @@ class ModelHub:
         """The model of ``model_dir`` (its latest version, a trained model, or a fresh one
         sized by the settings)."""
         s = settings
-        capacity = Capacity(s.word_capacity, s.tag_capacity, s.min_word_count, s.min_tag_count)
+        capacity = Capacity(s.word_capacity, s.tag_capacity, s.min_word_count, s.min_tag_count,
+                            s.tag_first_sight)
         fresh = ModelConfig(encoder="conv", dim=s.dim, hidden=s.hidden, dropout=0.0,
                             word_tag_share=True)
         return cls(Path(s.model_dir), capacity, train_config(s), fresh, s.keep_checkpoints,

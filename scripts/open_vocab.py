@@ -88,10 +88,17 @@ def candidate_sets(scorer: Any, posts: Sequence[Post], stats: CopyStats,
     out = []
     for start in range(0, len(posts), 512):
         chunk = posts[start : start + 512]
-        tops = known_top(scorer.scores(chunk), tags, config.known_k)
-        for post, top in zip(chunk, tops, strict=True):
+        scores = scorer.scores(chunk)
+        tops = known_top(scores, tags, config.known_k)
+        for post, top, row in zip(chunk, tops, scores, strict=True):
             history = profiles.get(post.user_id) if profiles is not None else None
-            out.append(candidates(post.tokens, top, stats, config, history, vocabulary))
+
+            def score_of(tag: str, row: np.ndarray = row) -> tuple[float, int] | None:
+                i = scorer.tags.get(tag)
+                return None if i is None else (float(row[i]), int((row > row[i]).sum()))
+
+            out.append(candidates(post.tokens, top, stats, config, history, vocabulary,
+                                  score_of))
     return out
 
 
@@ -104,6 +111,8 @@ def main() -> None:
     p.add_argument("--fold-model", type=Path, help="a model of the 80 part (trained if absent)")
     p.add_argument("--dim", type=int, default=64, help="of the fold model, if trained here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--modes", default="content,personalized",
+                   help="content (no author) and/or personalized")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     started = time.perf_counter()
@@ -144,6 +153,8 @@ def main() -> None:
     for mode, fold_scorer, scorer, fold_profiles, profiles in (
             ("content", fold_content, content, None, None),
             ("personalized", fold_personal, personal, profiles_a, profiles_all)):
+        if mode not in args.modes.split(","):
+            continue
         tops = []
         for start in range(0, len(valid), 512):
             tops += known_top(scorer.scores(valid[start : start + 512]), content.tags.tokens, 10)

@@ -44,6 +44,8 @@ class Capacity:
     tags: int = 100_000  # the paper's 100k tags
     min_word_count: int = 2
     min_tag_count: int = 2
+    # a new tag gets a probationary row at its first post (tagspace.online_vocab)
+    first_sight_tags: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ class OnlineTagSpace:
             words = OnlineVocabulary(words, max(capacity.words, len(words)),
                                      capacity.min_word_count)
         if not isinstance(tags, OnlineVocabulary):
-            tags = OnlineVocabulary(tags, max(capacity.tags, len(tags)), capacity.min_tag_count)
+            tags = OnlineVocabulary(tags, max(capacity.tags, len(tags)), capacity.min_tag_count,
+                                    capacity.first_sight_tags)
         model = _grow(tagger.model, len(words), len(tags))
         model.link_words_to_tags(words.tokens, {t: i for i, t in enumerate(tags.tokens)
                                                 if tags.active[i]})
@@ -80,7 +83,8 @@ class OnlineTagSpace:
         torch.manual_seed(seed)
         words = OnlineVocabulary(Vocabulary([], [], WORD_SPECIALS), capacity.words,
                                  capacity.min_word_count)
-        tags = OnlineVocabulary(Vocabulary([], []), capacity.tags, capacity.min_tag_count)
+        tags = OnlineVocabulary(Vocabulary([], []), capacity.tags, capacity.min_tag_count,
+                                capacity.first_sight_tags)
         model = TagSpaceModel(_sized(config, capacity.words, capacity.tags))
         return cls(Tagger(model, words, tags), capacity, train, guard)
 
@@ -91,7 +95,10 @@ class OnlineTagSpace:
     def observe(self, post: Post, clock: float) -> list[Admission]:
         """Count the post's words and tags; admitted tokens get fresh rows. A new tag's row
         starts at this post's embedding (scaled), so it already ranks high for similar posts
-        (a warm start instead of a random vector that WARP would first have to move)."""
+        (a warm start instead of a random vector that WARP would first have to move): scaled
+        to the tags' mean norm, or for a tag on probation (its first post: ``first_sight``)
+        just above the best score any other tag has for this post, since no training step may
+        come before the next similar post asks for suggestions."""
         with self._vocab_lock:
             new_words = self.words.observe(post.tokens[:MAX_TOKENS], clock)
             new_tags = self.tags.observe(post.tags, clock)
@@ -104,9 +111,15 @@ class OnlineTagSpace:
                     model.word_emb.data[a.row] = torch.randn(model.config.dim) * scale
                 if new_tags:
                     emb = self.tagger.embed_tokens([post.tokens])[0]
+                    unit = emb / emb.norm().clamp_min(1e-8)
                     norm = self._mean_tag_norm() if self.tags.size > len(new_tags) else 1.0
+                    first = [a for a in new_tags if self.tags.counts[a.row] < self.tags.min_count]
+                    if first:  # on probation: as good as the best regular tag for its post
+                        best, top_norm = self._best_regular_tag(emb)
+                        wanted = 1.01 * best / float(emb.norm().clamp_min(1e-8))
+                        first_norm = max(norm, min(wanted, top_norm))
                     for a in new_tags:
-                        model.tag_emb.data[a.row] = emb / emb.norm().clamp_min(1e-8) * norm
+                        model.tag_emb.data[a.row] = unit * (first_norm if a in first else norm)
                 self._relink(new_words, new_tags)
             # stamped again now that the rows hold their new weights: a step that began
             # before this point never applies an update to them
@@ -116,6 +129,17 @@ class OnlineTagSpace:
             if new_tags:
                 self.steps.set_pool(np.flatnonzero(self.tags.active))
             return new_words + new_tags
+
+    def _best_regular_tag(self, emb: torch.Tensor) -> tuple[float, float]:
+        """The best score of a regular tag (not on probation) for a post embedding, and the
+        largest norm among those tags (the cap of a first-sight row: probationary rows never
+        set each other's scale, so a stream of new tags cannot inflate the norms). One product
+        with the regular tags, paid only for a post that brings a first-sight tag."""
+        rows = self.tags.regular_rows()
+        if not len(rows):
+            return 0.0, 1.0
+        table = self.model.tag_emb.data[torch.from_numpy(rows)]
+        return max(0.0, float((table @ emb).max())), float(table.norm(dim=1).max())
 
     def _mean_tag_norm(self, sample: int = 1024) -> float:
         """The mean norm of the tag vectors in use, over at most ``sample`` of them: admitting a
@@ -254,7 +278,8 @@ def restore_online(tagger: Tagger, capacity: Capacity, train: TrainConfig,
     words = OnlineVocabulary.restore(tagger.words, capacity.words, capacity.min_word_count,
                                      _clocks(arrays, "words", len(tagger.words)), clock)
     tags = OnlineVocabulary.restore(tagger.tags, capacity.tags, capacity.min_tag_count,
-                                    _clocks(arrays, "tags", len(tagger.tags)), clock)
+                                    _clocks(arrays, "tags", len(tagger.tags)), clock,
+                                    capacity.first_sight_tags)
     model = _grow(tagger.model, len(words), len(tags))
     return OnlineTagSpace(Tagger(model, words, tags), capacity, train, guard)
 

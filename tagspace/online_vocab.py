@@ -8,6 +8,15 @@ caller re-initialises the rows of admitted tokens. This is the usual streaming r
 admission + LRU eviction, as in Twitter's and Monolith's online embedding tables): memory is
 fixed, rare noise never enters, and a new hashtag becomes usable as soon as it is frequent
 enough.
+
+``first_sight`` (the daemon's tags) admits a token at its first sighting as well, on probation,
+as segmented LRU caches and 2Q do: a row whose count is under ``min_count`` is probationary,
+and it takes only a free row or the least recently seen probationary one, never a regular row.
+A regular admission (``min_count`` sightings) takes a free row, else the least recently seen
+probationary row, else the least recently seen row. A probationary token that is evicted keeps
+its count as pending, so its next sighting makes it regular. So a hashtag is suggestible from
+its first post, and one-off hashtags cycle through the rows the rare ones hold without pushing
+out the tags seen again.
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ class Admission:
 class OnlineVocabulary(Vocabulary):
     """``capacity`` rows: specials first, then tokens and free rows (placeholders)."""
 
-    def __init__(self, base: Vocabulary, capacity: int, min_count: int = 2):
+    def __init__(self, base: Vocabulary, capacity: int, min_count: int = 2,
+                 first_sight: bool = False):
         if capacity < len(base):
             raise ValueError(f"capacity {capacity} < the {len(base)} tokens already known")
         if min_count < 1:
@@ -45,6 +55,7 @@ class OnlineVocabulary(Vocabulary):
         super().__init__(tokens, counts, base.specials)
         self.capacity = capacity
         self.min_count = min_count
+        self.first_sight = first_sight
         self.active = np.zeros(capacity, bool)
         self.active[: len(base)] = True
         self._free = list(range(capacity - 1, len(base) - 1, -1))  # pop() gives the lowest row
@@ -67,7 +78,8 @@ class OnlineVocabulary(Vocabulary):
 
     @classmethod
     def restore(cls, saved: Vocabulary, capacity: int, min_count: int = 2,
-                last_seen: np.ndarray | None = None, clock: float = 0.0) -> OnlineVocabulary:
+                last_seen: np.ndarray | None = None, clock: float = 0.0,
+                first_sight: bool = False) -> OnlineVocabulary:
         """From a saved vocabulary: a snapshot of an online one (free rows as placeholders,
         rows kept) or a plain one; ``capacity`` rows at least.
 
@@ -81,7 +93,7 @@ class OnlineVocabulary(Vocabulary):
         known = [(t, c) for t, c in zip(saved.tokens, saved.counts, strict=True)
                  if t not in saved.specials]
         capacity = max(capacity, len(saved))
-        vocab = cls(Vocabulary([], [], saved.specials), capacity, min_count)
+        vocab = cls(Vocabulary([], [], saved.specials), capacity, min_count, first_sight)
         for row, (token, count) in enumerate(known, len(saved.specials)):
             if not token.startswith(FREE_PREFIX):
                 vocab._assign(row, token)
@@ -113,6 +125,8 @@ class OnlineVocabulary(Vocabulary):
             self.pending[token] += 1
             if self.pending[token] >= self.min_count:
                 admitted.append(self._admit(token, clock))
+            elif self.first_sight and (self._free or self.probationary_rows().size):
+                admitted.append(self._admit(token, clock))  # on probation
         if len(self.pending) > MAX_PENDING_FACTOR * self.capacity:
             self._prune_pending()
         return admitted
@@ -127,6 +141,8 @@ class OnlineVocabulary(Vocabulary):
             evicted = self.tokens[row]
             del self._ids[evicted]
             self.evictions += 1
+            if self.first_sight and self.counts[row] < self.min_count:
+                self.pending[evicted] += self.counts[row]  # seen again, it will be regular
         self._assign(row, token)
         self._set_count(row, count)
         self.last_seen[row] = clock
@@ -177,12 +193,26 @@ class OnlineVocabulary(Vocabulary):
             self.row_generation[row] = self.generation
 
     def _victim(self) -> int:
-        """The least recently seen row; among those seen last at the same time, the least
-        counted (rare tokens go before frequent ones), then the lowest row."""
-        oldest = np.flatnonzero(self.last_seen == self.last_seen.min())
+        """The least recently seen row (with ``first_sight``, a probationary one first); among
+        those seen last at the same time, the least counted (rare tokens go before frequent
+        ones), then the lowest row."""
+        rows = self.probationary_rows() if self.first_sight else np.zeros(0, np.int64)
+        if not rows.size:
+            rows = np.arange(self.capacity)
+        seen = self.last_seen[rows]
+        oldest = rows[seen == seen.min()]
         if len(oldest) == 1:
             return int(oldest[0])
         return int(oldest[np.argmin(self._count_arr[oldest])])
+
+    def probationary_rows(self) -> np.ndarray:
+        """Rows holding a token seen fewer than ``min_count`` times (never a special)."""
+        return np.flatnonzero(self.active & (self._count_arr < self.min_count)
+                              & np.isfinite(self.last_seen))
+
+    def regular_rows(self) -> np.ndarray:
+        """Rows holding a token seen ``min_count`` times or more (or restored as such)."""
+        return np.flatnonzero(self.active & (self._count_arr >= self.min_count))
 
     def _set_count(self, row: int, count: int) -> None:
         self.counts[row] = count

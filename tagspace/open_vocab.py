@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,8 +38,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from tagspace.personalize import AuthorHistory
 
 SOURCES = ("known", "word", "concat", "author")
-FEATURES = ("known", "content", "content_gap", "known_rank", "word", "concat", "copy_logodds",
-            "log_appear", "log_tag_count", "log_chars", "char_sim", "author_log_count")
+FEATURES = ("known", "content", "content_gap", "known_rank", "word", "concat", "position",
+            "copy_logodds", "log_appear", "log_tag_count", "log_chars", "char_sim",
+            "author_log_count")
 
 
 @dataclass(frozen=True)
@@ -61,20 +62,26 @@ def post_strings(tokens: Sequence[str], max_concat: int) -> dict[str, int]:
     """Candidate strings from a post's tokens -> how many words each joins (1: a word). Only
     word tokens (letters or digits; no placeholders such as ``<url>``, no punctuation) of 2+
     characters alone, any length inside a run."""
+    return {s: n for s, (n, _) in _strings_at(tokens, max_concat).items()}
+
+
+def _strings_at(tokens: Sequence[str], max_concat: int) -> dict[str, tuple[int, float]]:
+    """``post_strings`` with where each first starts, 0 (first token) to 1 (last)."""
     words = [t if t.isalnum() else None for t in tokens]
-    out: dict[str, int] = {}
+    last = max(len(words) - 1, 1)
+    out: dict[str, tuple[int, float]] = {}
     for i, w in enumerate(words):
         if w is None:
             continue
         if len(w) >= 2:
-            out.setdefault(w, 1)
+            out.setdefault(w, (1, i / last))
         run = w
         for n in range(2, max_concat + 1):
             nxt = words[i + n - 1] if i + n - 1 < len(words) else None
             if nxt is None:
                 break
             run += nxt
-            out.setdefault(run, n)
+            out.setdefault(run, (n, i / last))
     return out
 
 
@@ -125,16 +132,19 @@ def _trigrams(s: str) -> set[str]:
 
 def candidates(tokens: Sequence[str], known: Sequence[tuple[str, float]], stats: CopyStats,
                config: OpenVocabConfig, history: AuthorHistory | None = None,
-               vocabulary: set[str] | frozenset[str] = frozenset()) -> Candidates:
+               vocabulary: set[str] | frozenset[str] = frozenset(),
+               score_of: Callable[[str], tuple[float, int] | None] | None = None) -> Candidates:
     """``known``: the model's best known tags with their content scores, best first (at least
     ``config.known_k`` of them where the model knows that many); ``vocabulary``: every tag the
-    model knows (a candidate from another source may be one)."""
+    model knows (a candidate from another source may be one); ``score_of``: the content score
+    and rank of any known tag, for candidates of the other sources beyond the best ``known``."""
     src = set(config.sources)
     known = list(known[: config.known_k])
     content = {t: (s, r) for r, (t, s) in enumerate(known)}
     top_score = known[0][1] if known else 0.0
     floor = known[-1][1] if known else 0.0
-    in_post = post_strings(tokens, config.max_concat)
+    at = _strings_at(tokens, config.max_concat)
+    in_post = {s: n for s, (n, _) in at.items()}
     tags: dict[str, None] = dict.fromkeys(t for t, _ in known)
     for s, n in in_post.items():
         if (n == 1 and "word" in src) or (n > 1 and "concat" in src):
@@ -145,14 +155,16 @@ def candidates(tokens: Sequence[str], known: Sequence[tuple[str, float]], stats:
     best = [_trigrams(t) for t, _ in known[:5]]
     rows = np.zeros((len(tags), len(FEATURES)), np.float32)
     for i, tag in enumerate(tags):
-        n = in_post.get(tag, 0)
-        score, rank = content.get(tag, (floor, config.known_k))
+        n, position = at.get(tag, (0, -1.0))
+        score, rank = content.get(tag) or (score_of(tag) if score_of else None) or \
+            (floor, config.known_k)
         grams = _trigrams(tag)  # similarity to the best known tags other than itself
         sim = max((len(grams & b) / len(grams | b)
                    for (t, _), b in zip(known[:5], best, strict=False) if t != tag), default=0.0)
         uses = history.counts[tag] if history is not None else 0
         rows[i] = (tag in content or tag in vocabulary, score, top_score - score,
-                   math.log1p(rank), n == 1, n if n > 1 else 0, stats.copy_logodds(tag),
+                   math.log1p(rank), n == 1, n if n > 1 else 0, position,
+                   stats.copy_logodds(tag),
                    math.log1p(stats.appear[tag]), math.log1p(stats.tag_count[tag]),
                    math.log(len(tag)), sim, math.log1p(uses))
     return Candidates(list(tags), rows)
@@ -173,8 +185,9 @@ class OpenVocabScorer:
         y = np.concatenate([[t in set(gold) for t in c.tags] for c, gold in examples])
         if y.all() or not y.any():
             raise ValueError("the training candidates need hits and misses")
-        model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1,
-                                               early_stopping=True, random_state=seed)
+        model = HistGradientBoostingClassifier(max_iter=500, learning_rate=0.05,
+                                               l2_regularization=1.0, early_stopping=True,
+                                               random_state=seed)
         model.fit(x, y)
         return cls(config, stats, model)
 

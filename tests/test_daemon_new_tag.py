@@ -52,3 +52,31 @@ def test_a_new_hashtag_is_suggested_within_30_s_of_its_20th_post(broker, redis_u
     finally:
         daemon.shutdown()
         daemon.store.clear()
+
+
+def test_a_hashtag_used_once_is_suggested_for_a_near_identical_post(broker, redis_url, tmp_path):
+    """First-sight admission (``tag_first_sight``): one post with a hashtag never seen before,
+    and a post of the same text plus a word has it in its top 10 (generous on timing: the
+    figure is printed, the daemon bench measures it)."""
+    settings = settings_for(broker, redis_url, tmp_path / "model", workers=2)
+    before = cooking_records(3000)
+    first = dict(before[-1], post_id="first-sight-1", tags=["neverseenbefore"])
+    daemon = Daemon(settings)
+    daemon.start()
+    try:
+        send(broker, settings.posts_topic, before[:-1])
+        wait_until(lambda: daemon.store.count_posts() == len(before) - 1, 90, "the first posts")
+        send(broker, settings.posts_topic, [first])
+        sent = time.monotonic()
+        base = f"http://{settings.http_addr}"
+        query = {"text": first["text"] + " please", "k": 10}
+
+        def suggested() -> bool:
+            body = httpx.post(base + "/v1/suggest", json=query).json()
+            return "neverseenbefore" in [t["tag"] for t in body["tags"]]
+        wait_until(suggested, 15, "the once-used hashtag in the top 10", every=0.05)
+        print(f"#neverseenbefore suggested {time.monotonic() - sent:.2f} s after its post")
+        assert daemon.hub.online.tags.counts[daemon.hub.online.tags.get("neverseenbefore")] == 1
+    finally:
+        daemon.shutdown()
+        daemon.store.clear()

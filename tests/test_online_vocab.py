@@ -86,3 +86,33 @@ def test_no_journal_is_kept_without_a_replica():
     vocab = OnlineVocabulary(Vocabulary([], []), capacity=4, min_count=1)
     vocab.observe(["x", "y"], clock=1.0)
     assert vocab.journal is None and vocab.take_journal() == []
+
+
+def test_first_sight_gives_a_probationary_row_and_a_second_sighting_makes_it_regular():
+    vocab = OnlineVocabulary(Vocabulary(["old"], [5]), capacity=4, min_count=2, first_sight=True)
+    [new] = vocab.observe(["new"], clock=1.0)
+    assert vocab.get("new") == new.row and new.evicted is None
+    assert new.row in vocab.probationary_rows()
+    assert vocab.observe(["new"], clock=2.0) == []  # already has its row
+    assert vocab.counts[new.row] == 2 and new.row not in vocab.probationary_rows()
+
+
+def test_one_off_tokens_never_push_out_a_regular_row():
+    vocab = OnlineVocabulary(Vocabulary(["a", "b"], [5, 3]), capacity=3, min_count=2,
+                             first_sight=True)
+    vocab.observe(["a", "b"], clock=1.0)
+    [x] = vocab.observe(["x"], clock=2.0)  # the last free row, on probation
+    [y] = vocab.observe(["y"], clock=3.0)  # the table is full: x, the probationary one, goes
+    assert y.row == x.row and y.evicted == "x"
+    assert {vocab.get("a"), vocab.get("b")} == {0, 1}
+    assert vocab.pending["x"] == 1  # remembered: its next sighting makes it regular
+    [again] = vocab.observe(["x"], clock=4.0)
+    assert again.evicted == "y" and vocab.counts[again.row] == 2  # regular, y on probation went
+    assert vocab.observe(["z"], clock=5.0) == []  # no probationary row left: z waits
+    assert vocab.pending["z"] == 1 and vocab.get("z") is None
+
+
+def test_without_first_sight_a_token_waits_for_min_count():
+    vocab = OnlineVocabulary(Vocabulary([], []), capacity=4, min_count=2)
+    assert vocab.observe(["new"], clock=1.0) == []
+    assert len(vocab.observe(["new"], clock=2.0)) == 1
