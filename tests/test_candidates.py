@@ -327,7 +327,8 @@ def check_ann_follows(index: CandidateIndex) -> None:
 
 
 def test_the_ann_index_follows_adds_evictions_removals_and_reembedding(store):
-    index = CandidateIndex(store, capacity=6, dim=DIM, ann_min_candidates=4)
+    # the bf16 copy forced: by default only CPUs with bf16 units keep one
+    index = CandidateIndex(store, capacity=6, dim=DIM, ann_min_candidates=4, bf16=True)
     assert index.ann is not None
     for i in range(3):
         store.add(f"p{i}", ts=float(i))
