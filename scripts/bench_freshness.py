@@ -13,6 +13,9 @@ The embedded stack of bench_daemon.py (a Tansu broker and a Redis), one daemon w
   the fraction of tagged posts trained on, and what was skipped by reason.
 - sustained ingest (--sustained N): N tweets waiting in Kafka before the daemon starts; posts
   stored per second between the 10th and 90th percentile of arrivals, with training on and off.
+- first sight (--first-sight N): N real tweets, each with a hashtag never seen before, sent one
+  at a time; each timed until `/v1/suggest` for its text plus a word has that hashtag in its
+  top 10.
 
 Output: <out>/<name>.json and <out>/<name>.png (latency against send time, per rate).
 
@@ -171,6 +174,44 @@ def freshness_point(stack: Stack, work: Path, rate: int, args: Any) -> dict:
         stop_daemon(proc)
 
 
+def first_sight(stack: Stack, work: Path, n: int, args: Any) -> dict:
+    """A hashtag used once: ``n`` real tweets each get a hashtag never seen before, sent one at
+    a time; each is timed from its send until `/v1/suggest` for the same text plus a word has
+    the new hashtag in its top 10 (polled every 20 ms, at most 10 s)."""
+    name = "firstsight"
+    s = stack.settings(name, copy_model(args.model, work, name), train=args.train)
+    proc = start_daemon(s, work / f"{name}.log")
+    base = f"http://{s.http_addr}"
+    prod = producer(stack.bootstrap)
+    latencies, missed = [], 0
+    try:
+        with httpx.Client(timeout=5) as client:
+            for k, record in enumerate(tweets(n, "first-")):
+                tag = f"neverseen{k}x{int(time.time())}"
+                record = dict(record, tags=[tag])
+                sent = time.monotonic()
+                prod.send(s.posts_topic, json.dumps(record).encode(),
+                          key=record["post_id"].encode())
+                prod.flush()
+                query = {"text": record["text"] + " now", "k": 10}
+                while time.monotonic() - sent < 10.0:
+                    body = client.post(f"{base}/v1/suggest", json=query).json()
+                    if tag in [t["tag"] for t in body["tags"]]:
+                        latencies.append(time.monotonic() - sent)
+                        break
+                    time.sleep(0.02)
+                else:
+                    missed += 1
+    finally:
+        prod.close()
+        stop_daemon(proc)
+    point = {"posts": n, "suggested": len(latencies), "missed_within_10_s": missed,
+             "p50_s": pct(latencies, 50), "max_s": pct(latencies, 100)}
+    print(f"first sight: {len(latencies)}/{n} new hashtags in the top 10 for their own text, "
+          f"p50 {point['p50_s']} s, max {point['max_s']} s", flush=True)
+    return point
+
+
 def sustained(stack: Stack, work: Path, n: int, train: bool, args: Any) -> dict:
     name = f"sustained{'train' if train else 'notrain'}"
     s = stack.settings(name, copy_model(args.model, work, name), train=train)
@@ -237,6 +278,8 @@ def main() -> None:
     p.add_argument("--no-train", dest="train", action="store_false",
                    help="freshness with online training off")
     p.add_argument("--api-checks", type=int, default=200)
+    p.add_argument("--first-sight", type=int, default=20,
+                   help="hashtags used once, each timed until suggested (0: none)")
     p.add_argument("--out", type=Path, default=Path("docs/results/freshness"))
     p.add_argument("--name", default="freshness")
     args = p.parse_args()
@@ -249,6 +292,8 @@ def main() -> None:
     try:
         for rate in [int(r) for r in args.rates.split(",") if r]:
             report["freshness"][str(rate)] = freshness_point(stack, work, rate, args)
+        if args.first_sight:
+            report["first_sight"] = first_sight(stack, work, args.first_sight, args)
         if args.sustained:
             for train in (True, False):
                 report["sustained"]["on" if train else "off"] = sustained(
