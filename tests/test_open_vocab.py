@@ -97,3 +97,18 @@ def test_sources_must_include_the_known_tags():
         OpenVocabConfig(sources=("word",))
     with pytest.raises(ValueError, match="sources"):
         OpenVocabConfig(sources=("known", "emoji"))
+
+
+def test_an_empty_post_has_the_known_tags_only_and_nothing_ranks_nothing():
+    stats = CopyStats.from_posts([], max_concat=3)
+    found = candidates((), [("food", 1.0)], stats, OpenVocabConfig())
+    assert found.tags == ["food"]
+    none = candidates(("<url>", "!"), [], stats, OpenVocabConfig())
+    assert none.tags == [] and none.features.shape == (0, len(FEATURES))
+
+
+def test_a_scorer_needs_hits_and_misses_to_learn_from():
+    stats = CopyStats.from_posts([], max_concat=3)
+    found = candidates(("pizza",), [("food", 1.0)], stats, OpenVocabConfig())
+    with pytest.raises(ValueError, match="hits and misses"):
+        OpenVocabScorer.fit([(found, ("nothing",))], OpenVocabConfig(), stats)
