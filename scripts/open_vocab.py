@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Open-vocabulary hashtag suggestion (tagspace/open_vocab.py) against the known-tags ranking.
 
-1. The training file is split by line, 80 / 20 with a fixed seed: a model is trained on the 80
-   part (`tagspace train`, the CLI's defaults, or `--fold-model`), and the open-vocabulary
-   scorer is fitted on the 20 part with that model's content scores, so that it learns from
-   scores of posts the model did not train on. Copy statistics come from the 80 part.
+1. The training file is split by line, 80 / 20 with a fixed seed (``--splits`` such splits,
+   seeds --seed, --seed + 1, ...): a model is trained on each 80 part (`tagspace train`, the
+   CLI's defaults, or `--fold-model`), and the open-vocabulary scorer is fitted on the 20 parts
+   with their model's content scores, so that it learns from scores of posts the model did not
+   train on. Copy statistics of a 20 part come from its 80 part.
 2. Evaluated on the validation posts with `--model` (trained on the whole training file) and
    copy statistics from the whole training file: P@1 and R@10 with every gold tag (a
    never-seen gold tag is a possible hit), and the `_known` variants; content only, and
@@ -12,7 +13,7 @@
 3. Ablation: the scorer refitted without each candidate source in turn.
 
 Usage: python scripts/open_vocab.py --model runs/q-d64-bf16off [--train F] [--valid F]
-       [--fold-model DIR] [--dim 64] [--json docs/results/open-vocab/howyoutagtweets.json]
+       [--splits 2] [--fold-model DIR ...] [--dim 64] [--json F]
 """
 
 from __future__ import annotations
@@ -108,7 +109,12 @@ def main() -> None:
     p.add_argument("--model", type=Path, required=True, help="trained on the whole --train")
     p.add_argument("--train", type=Path, default=HYT / "train.csv")
     p.add_argument("--valid", type=Path, default=HYT / "valid.csv")
-    p.add_argument("--fold-model", type=Path, help="a model of the 80 part (trained if absent)")
+    p.add_argument("--fold-model", type=Path, action="append", default=[],
+                   help="a model of the 80 part of split i, in order (repeatable; trained "
+                   "where absent)")
+    p.add_argument("--splits", type=int, default=1,
+                   help="80/20 splits (seeds --seed, --seed + 1, ...): the scorer learns from "
+                   "the 20 parts of all of them")
     p.add_argument("--dim", type=int, default=64, help="of the fold model, if trained here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", default="content,personalized",
@@ -117,28 +123,38 @@ def main() -> None:
     args = p.parse_args()
     started = time.perf_counter()
     full_config = OpenVocabConfig()
-    with tempfile.TemporaryDirectory(prefix="tagspace-openvocab-") as tmp:
-        model_part, scorer_part = split_lines(args.train, Path(tmp), 0.8, args.seed)
-        fold = args.fold_model
-        if fold is None or not (fold / "config.json").is_file():
-            fold = train_fold_model(model_part, fold or Path(tmp) / "fold", args.dim)
-        part_a = list(read_posts(model_part, require_tags=True))
-        part_b = list(read_posts(scorer_part, require_tags=True))
     train = list(read_posts(args.train, require_tags=True))
     valid = list(read_posts(args.valid, require_tags=True))
-    print(f"{len(part_a)} + {len(part_b)} training posts (model + scorer), {len(valid)} valid")
+    folds = []  # per split: (scorer posts, copy stats, content scorer, personalized, profiles)
+    models = list(args.fold_model) + [None] * (args.splits - len(args.fold_model))
+    with tempfile.TemporaryDirectory(prefix="tagspace-openvocab-") as tmp:
+        for i, fold in enumerate(models[: args.splits]):
+            work = Path(tmp) / f"split{i}"
+            work.mkdir()
+            model_part, scorer_part = split_lines(args.train, work, 0.8, args.seed + i)
+            if fold is None or not (fold / "config.json").is_file():
+                fold = train_fold_model(model_part, fold or work / "fold", args.dim)
+            part_a = list(read_posts(model_part, require_tags=True))
+            part_b = list(read_posts(scorer_part, require_tags=True))
+            stats_a = CopyStats.from_posts(((q.tokens, q.tags) for q in part_a),
+                                           full_config.max_concat)
+            fold_content, fold_personal = content_and_personal(fold, part_a, args.model)
+            folds.append((part_b, stats_a, fold_content, fold_personal,
+                          AuthorProfiles.from_posts(part_a)))
+            models[i] = fold
+            print(f"split {i} (seed {args.seed + i}): {len(part_a)} + {len(part_b)} training "
+                  f"posts (model + scorer)", flush=True)
+    print(f"{len(valid)} validation posts")
 
     results: dict[str, Any] = {
         "machine": f"{platform.node()}, {platform.processor() or platform.machine()}",
-        "model": str(args.model), "fold_model": str(fold), "seed": args.seed,
+        "model": str(args.model), "fold_models": [str(m) for m in models[: args.splits]],
+        "seeds": [args.seed + i for i in range(args.splits)],
         "config": {"known_k": full_config.known_k, "max_concat": full_config.max_concat},
         "rows": [],
     }
-    stats_a = CopyStats.from_posts(((q.tokens, q.tags) for q in part_a), full_config.max_concat)
     stats_all = CopyStats.from_posts(((q.tokens, q.tags) for q in train), full_config.max_concat)
-    fold_content, fold_personal = content_and_personal(fold, part_a, args.model)
     content, personal = content_and_personal(args.model, train, args.model)
-    profiles_a = AuthorProfiles.from_posts(part_a)
     profiles_all = AuthorProfiles.from_posts(train)
     vocabulary = frozenset(content.tags.tokens)
     gold = [q.tags for q in valid]
@@ -150,9 +166,8 @@ def main() -> None:
         print(f"{name:48s} P@1 {m.p_at_1:.4f}  R@10 {m.r_at_10:.4f}  "
               f"(known: {m.p_at_1_known:.4f} / {m.r_at_10_known:.4f})", flush=True)
 
-    for mode, fold_scorer, scorer, fold_profiles, profiles in (
-            ("content", fold_content, content, None, None),
-            ("personalized", fold_personal, personal, profiles_a, profiles_all)):
+    for mode, scorer, profiles in (("content", content, None),
+                                   ("personalized", personal, profiles_all)):
         if mode not in args.modes.split(","):
             continue
         tops = []
@@ -167,10 +182,13 @@ def main() -> None:
             if mode == "content":
                 sources = tuple(s for s in sources if s != "author")
             config = OpenVocabConfig(sources=sources)
-            train_sets = candidate_sets(fold_scorer, part_b, stats_a, config, fold_profiles)
-            ranker = OpenVocabScorer.fit(
-                list(zip(train_sets, [q.tags for q in part_b], strict=True)), config, stats_a,
-                seed=args.seed)
+            examples = []
+            for part_b, stats_a, fold_content, fold_personal, profiles_a in folds:
+                personalized = mode == "personalized"
+                sets = candidate_sets(fold_personal if personalized else fold_content, part_b,
+                                      stats_a, config, profiles_a if personalized else None)
+                examples += list(zip(sets, [q.tags for q in part_b], strict=True))
+            ranker = OpenVocabScorer.fit(examples, config, stats_all, seed=args.seed)
             test_sets = candidate_sets(scorer, valid, stats_all, config, profiles)
             found = sum(bool(set(c.tags) & set(g)) for c, g in zip(test_sets, gold, strict=True))
             rankings = [[t for t, _ in ranker.rank(c)] for c in test_sets]
