@@ -97,8 +97,8 @@ class OnlineTagSpace:
         starts at this post's embedding (scaled), so it already ranks high for similar posts
         (a warm start instead of a random vector that WARP would first have to move): scaled
         to the tags' mean norm, or for a tag on probation (its first post: ``first_sight``)
-        just above the best score any other tag has for this post, since no training step may
-        come before the next similar post asks for suggestions."""
+        just above the best score a regular tag has for this post (at most the largest regular
+        norm), since no training step may come before the next similar post asks."""
         with self._vocab_lock:
             new_words = self.words.observe(post.tokens[:MAX_TOKENS], clock)
             new_tags = self.tags.observe(post.tags, clock)
@@ -114,6 +114,7 @@ class OnlineTagSpace:
                     unit = emb / emb.norm().clamp_min(1e-8)
                     norm = self._mean_tag_norm() if self.tags.size > len(new_tags) else 1.0
                     first = [a for a in new_tags if self.tags.counts[a.row] < self.tags.min_count]
+                    first_norm = norm
                     if first:  # on probation: as good as the best regular tag for its post
                         best, top_norm = self._best_regular_tag(emb)
                         wanted = 1.01 * best / float(emb.norm().clamp_min(1e-8))
