@@ -74,12 +74,12 @@ def train_fold_model(data: Path, out: Path, dim: int) -> Path:
 
 
 def content_and_personal(model_dir: Path, profile_posts: Sequence[Post],
-                         weights_from: Path) -> tuple[Any, Any]:
-    checkpoint = load_checkpoint(model_dir)
-    reference = load_checkpoint(weights_from)
-    weights, bow = load_personalization(weights_from, reference.extra, DEFAULT_WEIGHTS)
+                         personalization: tuple[Any, Any]) -> tuple[Any, Any]:
+    """The model's scorer, and it personalized by ``profile_posts`` with ``personalization``
+    (the full model's tuned author weights and IDF)."""
+    tagger = load_checkpoint(model_dir).tagger
     profiles = AuthorProfiles.from_posts(profile_posts)
-    return checkpoint.tagger, PersonalizedScorer(checkpoint.tagger, profiles, weights, bow)
+    return tagger, PersonalizedScorer(tagger, profiles, *personalization)
 
 
 def candidate_sets(scorer: Any, posts: Sequence[Post], stats: CopyStats,
@@ -125,6 +125,8 @@ def main() -> None:
     full_config = OpenVocabConfig()
     train = list(read_posts(args.train, require_tags=True))
     valid = list(read_posts(args.valid, require_tags=True))
+    personalization = load_personalization(args.model, load_checkpoint(args.model).extra,
+                                           DEFAULT_WEIGHTS)
     folds = []  # per split: (scorer posts, copy stats, content scorer, personalized, profiles)
     models = list(args.fold_model) + [None] * (args.splits - len(args.fold_model))
     with tempfile.TemporaryDirectory(prefix="tagspace-openvocab-") as tmp:
@@ -138,7 +140,7 @@ def main() -> None:
             part_b = list(read_posts(scorer_part, require_tags=True))
             stats_a = CopyStats.from_posts(((q.tokens, q.tags) for q in part_a),
                                            full_config.max_concat)
-            fold_content, fold_personal = content_and_personal(fold, part_a, args.model)
+            fold_content, fold_personal = content_and_personal(fold, part_a, personalization)
             folds.append((part_b, stats_a, fold_content, fold_personal,
                           AuthorProfiles.from_posts(part_a)))
             models[i] = fold
@@ -154,7 +156,7 @@ def main() -> None:
         "rows": [],
     }
     stats_all = CopyStats.from_posts(((q.tokens, q.tags) for q in train), full_config.max_concat)
-    content, personal = content_and_personal(args.model, train, args.model)
+    content, personal = content_and_personal(args.model, train, personalization)
     profiles_all = AuthorProfiles.from_posts(train)
     vocabulary = frozenset(content.tags.tokens)
     gold = [q.tags for q in valid]

@@ -144,9 +144,8 @@ def candidates(tokens: Sequence[str], known: Sequence[tuple[str, float]], stats:
     top_score = known[0][1] if known else 0.0
     floor = known[-1][1] if known else 0.0
     at = _strings_at(tokens, config.max_concat)
-    in_post = {s: n for s, (n, _) in at.items()}
     tags: dict[str, None] = dict.fromkeys(t for t, _ in known)
-    for s, n in in_post.items():
+    for s, (n, _) in at.items():
         if (n == 1 and "word" in src) or (n > 1 and "concat" in src):
             tags.setdefault(s, None)
     if history is not None and "author" in src:
@@ -182,7 +181,7 @@ class OpenVocabScorer:
             stats: CopyStats, seed: int = 0) -> OpenVocabScorer:
         """From (candidates, gold tags) of posts the content model did not train on."""
         x = np.concatenate([c.features for c, _ in examples])
-        y = np.concatenate([[t in set(gold) for t in c.tags] for c, gold in examples])
+        y = np.concatenate([np.isin(c.tags, list(gold)) for c, gold in examples])
         if y.all() or not y.any():
             raise ValueError("the training candidates need hits and misses")
         model = HistGradientBoostingClassifier(max_iter=500, learning_rate=0.05,

@@ -50,12 +50,13 @@ class WindowMax(torch.autograd.Function):
         z = torch.mm(win, w.T).view(batch, windows, -1)  # (B, W, H)
         if not bool(mask.all()):  # posts of one length (a length-grouped batch) have none
             z.masked_fill_(~mask.unsqueeze(-1), float("-inf"))  # padding windows: never the max
-        if not indexed_max(z.device):  # a vectorised amax, then (B, W, H) bool marks the maxima
-            top = z.amax(dim=1)
-            where = z == top.unsqueeze(1) if any(ctx.needs_input_grad) else top
-        else:  # one pass that also says which window each (B, H) maximum came from
+        if indexed_max(z.device):  # one pass that also says which window each maximum is
             top, where = z.max(dim=1)
+        else:  # a vectorised amax; a (B, W, H) bool marks the maxima, if a gradient is wanted
+            top, where = z.amax(dim=1), None
         if any(ctx.needs_input_grad):
+            if where is None:
+                where = z == top.unsqueeze(1)
             ctx.save_for_backward(win, w, where)
             ctx.shape = (x.shape, kernel, windows)
         return top.to(x.dtype) + bias
