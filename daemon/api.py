@@ -116,7 +116,10 @@ class SuggestRequest(BaseModel):
 
 class TagScore(BaseModel):
     tag: str
-    score: float
+    score: float = Field(description="the model's score; with open_vocab_scorers, the "
+                         "probability that the tag is one of the post's hashtags")
+    known: bool = Field(description="whether the model has a row for the tag (false: a "
+                        "never-seen tag, open_vocab_scorers only)")
 
 
 class SuggestResponse(BaseModel):

@@ -163,6 +163,11 @@ class Settings:
                                             "(the measured crossing with the exact scan)",
                                             "serving")
     max_k: int = _s(100, "largest k a request may ask for", "serving")
+    open_vocab_scorers: str = _s("", "a folder of open-vocabulary scorers (`scripts/open_vocab.py "
+                                 "--save DIR`): suggestions then also name hashtags the model "
+                                 "has never seen (the post's words and runs of words, the "
+                                 "author's tags), all ranked by a learned probability; empty: "
+                                 "the model's own ranking of its known tags", "serving")
     max_body_bytes: int = _s(64 * 1024, "largest request body", "serving")
     api_token: str = _s("", "bearer token the /v1 API requires when set (admin routes always "
                         "require one); prefer the environment variable", "serving")
@@ -199,6 +204,9 @@ class Settings:
         if self.train_queue < self.max_poll_records:
             raise bad("train_queue", f"must be >= max_poll_records ({self.max_poll_records}): "
                       "a smaller buffer would drop most of every batch")
+        if self.open_vocab_scorers and \
+                not (Path(self.open_vocab_scorers) / "scorers.json").is_file():
+            raise bad("open_vocab_scorers", f"no scorers.json in {self.open_vocab_scorers}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.train_device):
             raise bad("train_device", f"must be cpu, cuda or cuda:N, got {self.train_device!r}")
         if self.train_device != "cpu" and self.trains and not self.train_process:

@@ -64,7 +64,7 @@ def suggest_answers(backend: Backend, requests: Sequence[tuple[str, int, str | N
                     ) -> list[dict[str, Any]]:
     suggestions = backend.scorer.suggest_many(requests)
     version = int(backend.hub.version)
-    return [{"tags": [{"tag": t, "score": float(sc)} for t, sc in tags],
+    return [{"tags": [{"tag": t, "score": float(sc), "known": known} for t, sc, known in tags],
              "model_version": version} for tags in suggestions]
 
 

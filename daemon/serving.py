@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import redis
@@ -16,6 +17,7 @@ from daemon.config import Settings
 from daemon.feed import FeedRanker
 from daemon.metrics import Metrics
 from daemon.model_hub import ServedModel
+from daemon.open_vocab import OpenVocabRanking
 from daemon.scorer import Scorer
 from daemon.store import Store
 
@@ -65,7 +67,8 @@ class Serving:
         dim = model.tagger.model.config.dim
         self.candidates = CandidateIndex(store, s.recent_posts, dim,
                                          ann_min_candidates=s.feed_ann_min_candidates)
-        self.scorer = Scorer(model, store)
+        self.scorer = Scorer(model, store, OpenVocabRanking.load(Path(s.open_vocab_scorers))
+                             if s.open_vocab_scorers else None)
         self.feeds = FeedRanker(model, store, self.candidates, s.feed_history,
                                 ann_candidates_per_query=s.feed_ann_candidates_per_query)
 

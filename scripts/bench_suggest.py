@@ -17,10 +17,13 @@ from the library's offline API (``Tagger.scores`` over every row, ``Personalizer
 ``top_k``; "full-capacity"), the served path, its parts, and fp32 against bf16 for the two
 matrix products (tag scores, the encoder's convolution).
 
+With --open-vocab (real mode), the same with open-vocabulary scorers: the cost per request and
+the served top 10 against the library's open-vocabulary ranking, with the served P@1 / R@10.
+
 Usage: python scripts/bench_suggest.py [--tags 19000] [--n 300] [--profile]
        python scripts/bench_suggest.py --model runs/hyt64 \\
            --train ../shared/data/howyoutagtweets/train.csv \\
-           --valid ../shared/data/howyoutagtweets/valid.csv
+           --valid ../shared/data/howyoutagtweets/valid.csv [--open-vocab DIR]
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ class FakeStore:
     def authored(self, user_id: str) -> Authored:
         return self._authored.get(user_id, self._default)
 
+    def authored_many(self, user_ids: list[str | None]) -> list[Authored]:
+        return [self.authored(u) if u is not None else [] for u in user_ids]
+
 
 def synthetic(n_tags: int, capacity: int, history: int) -> tuple[Scorer, list[Post]]:
     posts = list(read_posts(ROOT / "data/cooking/cooking.train"))
@@ -93,7 +99,7 @@ def synthetic(n_tags: int, capacity: int, history: int) -> tuple[Scorer, list[Po
         t: i for i, t in enumerate(online.tags.tokens) if online.tags.active[i]})
     bow = BagOfWords([p.tokens for p in posts[:5000]])
     past = [(f"h{i}", list(p.tags), list(p.tokens)) for i, p in enumerate(posts[:history])]
-    hub = SimpleNamespace(online=online, version=1,
+    hub = SimpleNamespace(online=online, tagger=online.tagger, version=1, weights_id=0,
                           personalizer=Personalizer(SYNTHETIC_WEIGHTS, bow))
     queries = [Post(f"q{i}", f"u{i}", None, p.tokens, p.tags)  # 500 authors, one history
                for i, p in enumerate(posts[5000:5500])]
@@ -117,7 +123,8 @@ def real(model_dir: Path, train: Path, valid: Path,
         for user, h in profiles.histories.items()}
     online = restore_online(checkpoint.tagger, Capacity(words=len(checkpoint.tagger.words),
                                                         tags=capacity), TrainConfig())
-    hub = SimpleNamespace(online=online, version=1, personalizer=Personalizer(weights, bow))
+    hub = SimpleNamespace(online=online, tagger=online.tagger, version=1, weights_id=0,
+                          personalizer=Personalizer(weights, bow))
     return Scorer(hub, FakeStore(authored)), queries, library  # type: ignore[arg-type]
 
 
@@ -242,9 +249,46 @@ def exactness(scorer: Scorer, library: PersonalizedScorer, queries: list[Post]) 
         tokens = parse_post_text(" ".join(post.tokens)).tokens
         row = library.scores([Post("q", post.user_id, None, tokens, ())])[0]
         expected = [s.tag for s in top_k(row, library.tags, 10)]
-        served = [t for t, _ in scorer.suggest(" ".join(post.tokens), 10, post.user_id)]
+        served = [t for t, *_ in scorer.suggest(" ".join(post.tokens), 10, post.user_id)]
         same += served == expected
     print(f"served top 10 == evaluate --personalize top 10: {same} of {len(queries)} posts")
+
+
+def open_vocabulary(scorer: Scorer, library: PersonalizedScorer, queries: list[Post],
+                    folder: Path, n: int, check: int) -> None:
+    """With open-vocabulary scorers (``daemon.open_vocab``): the per-request cost, and the
+    served top 10 against the library's (``tagspace.open_vocab``, as scripts/open_vocab.py
+    ranks: content rows and scorer without an author's past, personalized with one), post by
+    post, with the P@1 / R@10 of what was served (every gold tag a possible hit)."""
+    from daemon.open_vocab import OpenVocabRanking
+    from tagspace.open_vocab import ListedColumns, candidates_for_row, open_metrics
+
+    ranking = OpenVocabRanking.load(folder)
+    served = Scorer(scorer.hub, scorer.store, ranking)
+    texts = [" ".join(p.tokens) for p in queries]
+    print(f"open vocabulary ({folder}):")
+    line("served, no user", timed(lambda i: served.suggest(texts[i % len(texts)], 10, None), n))
+    line("served, history cached", timed(lambda i: served.suggest(
+        texts[i % len(texts)], 10, queries[i % len(queries)].user_id), n))
+    columns = ListedColumns.of(library.tags.tokens)
+    same, rankings = 0, []
+    for post, text in zip(queries[:check], texts, strict=False):
+        tokens = parse_post_text(text).tokens
+        query = Post("q", post.user_id, None, tokens, ())
+        history = library.profiles.get(post.user_id) if post.user_id else None
+        mode = "personalized" if history is not None else "content"
+        row = (library if history is not None else library.content).scores([query])[0]
+        ranker = ranking.scorers[mode]
+        expected = ranker.rank(candidates_for_row(tokens, row, columns, ranker.stats,
+                                                  ranker.config, history), 10)
+        got = [t for t, *_ in served.suggest(text, 10, post.user_id)]
+        same += got == [t for t, _ in expected]
+        rankings.append(got)
+    gold = [p.tags for p in queries[: len(rankings)]]
+    m = open_metrics(rankings, gold, frozenset(library.tags.tokens))
+    print(f"served open-vocabulary top 10 == the library's: {same} of {len(rankings)} posts; "
+          f"served P@1 {m.p_at_1:.4f}, R@10 {m.r_at_10:.4f} (known: {m.p_at_1_known:.4f} / "
+          f"{m.r_at_10_known:.4f})")
 
 
 def main() -> None:
@@ -258,6 +302,9 @@ def main() -> None:
     parser.add_argument("--check", type=int, default=1000, help="posts checked (real mode)")
     parser.add_argument("--n", type=int, default=300, help="timed requests per case")
     parser.add_argument("--profile", action="store_true", help="cProfile the served path")
+    parser.add_argument("--open-vocab", type=Path, metavar="DIR",
+                        help="also with these open-vocabulary scorers (scripts/open_vocab.py "
+                        "--save; real mode)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the daemon's request threads (daemon/service.py)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
@@ -286,6 +333,8 @@ def main() -> None:
     if library is not None:
         exactness(scorer, library, queries[: args.check])
         bf16_rankings(tagger, queries[: args.check])
+        if args.open_vocab:
+            open_vocabulary(scorer, library, queries, args.open_vocab, args.n, args.check)
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()

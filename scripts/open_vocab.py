@@ -13,7 +13,7 @@
 3. Ablation: the scorer refitted without each candidate source in turn.
 
 Usage: python scripts/open_vocab.py --model runs/q-d64-bf16off [--train F] [--valid F]
-       [--splits 2] [--fold-model DIR ...] [--dim 64] [--json F]
+       [--splits 2] [--fold-model DIR ...] [--dim 64] [--json F] [--save DIR]
 """
 
 from __future__ import annotations
@@ -37,11 +37,13 @@ from tagspace.open_vocab import (
     SOURCES,
     Candidates,
     CopyStats,
+    ListedColumns,
     OpenVocabConfig,
     OpenVocabScorer,
-    candidates,
+    candidates_for_row,
     known_top,
     open_metrics,
+    save_scorers,
 )
 from tagspace.personalize import (
     DEFAULT_WEIGHTS,
@@ -84,22 +86,13 @@ def content_and_personal(model_dir: Path, profile_posts: Sequence[Post],
 
 def candidate_sets(scorer: Any, posts: Sequence[Post], stats: CopyStats,
                    config: OpenVocabConfig, profiles: AuthorProfiles | None) -> list[Candidates]:
-    tags = scorer.tags.tokens
-    vocabulary = frozenset(tags)
+    columns = ListedColumns.of(scorer.tags.tokens)
     out = []
     for start in range(0, len(posts), 512):
         chunk = posts[start : start + 512]
-        scores = scorer.scores(chunk)
-        tops = known_top(scores, tags, config.known_k)
-        for post, top, row in zip(chunk, tops, scores, strict=True):
+        for post, row in zip(chunk, scorer.scores(chunk), strict=True):
             history = profiles.get(post.user_id) if profiles is not None else None
-
-            def score_of(tag: str, row: np.ndarray = row) -> tuple[float, int] | None:
-                i = scorer.tags.get(tag)
-                return None if i is None else (float(row[i]), int((row > row[i]).sum()))
-
-            out.append(candidates(post.tokens, top, stats, config, history, vocabulary,
-                                  score_of))
+            out.append(candidates_for_row(post.tokens, row, columns, stats, config, history))
     return out
 
 
@@ -120,6 +113,11 @@ def main() -> None:
     p.add_argument("--modes", default="content,personalized",
                    help="content (no author) and/or personalized")
     p.add_argument("--json", type=Path)
+    p.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
+                   help="also refit without each candidate source in turn")
+    p.add_argument("--save", type=Path,
+                   help="a folder to write the scorers with every source (content and "
+                   "personalized) into, for the daemon's open_vocab_scorers setting")
     args = p.parse_args()
     started = time.perf_counter()
     full_config = OpenVocabConfig()
@@ -168,6 +166,7 @@ def main() -> None:
         print(f"{name:48s} P@1 {m.p_at_1:.4f}  R@10 {m.r_at_10:.4f}  "
               f"(known: {m.p_at_1_known:.4f} / {m.r_at_10_known:.4f})", flush=True)
 
+    served: dict[str, OpenVocabScorer] = {}  # per mode, the scorer with every source
     for mode, scorer, profiles in (("content", content, None),
                                    ("personalized", personal, profiles_all)):
         if mode not in args.modes.split(","):
@@ -179,7 +178,7 @@ def main() -> None:
                                                                for top in tops])
         ablations = [("all sources", SOURCES)] + [
             (f"without {s}", tuple(x for x in SOURCES if x != s)) for s in SOURCES[1:]
-            if not (s == "author" and mode == "content")]
+            if args.ablation and not (s == "author" and mode == "content")]
         for label, sources in ablations:
             if mode == "content":
                 sources = tuple(s for s in sources if s != "author")
@@ -191,12 +190,17 @@ def main() -> None:
                                       stats_a, config, profiles_a if personalized else None)
                 examples += list(zip(sets, [q.tags for q in part_b], strict=True))
             ranker = OpenVocabScorer.fit(examples, config, stats_all, seed=args.seed)
+            if label == "all sources":
+                served[mode] = ranker
             test_sets = candidate_sets(scorer, valid, stats_all, config, profiles)
             found = sum(bool(set(c.tags) & set(g)) for c, g in zip(test_sets, gold, strict=True))
             rankings = [[t for t, _ in ranker.rank(c)] for c in test_sets]
             row(f"{mode}: open vocabulary, {label}", rankings, sources=list(sources),
                 posts_with_a_gold_candidate=found,
                 mean_candidates=float(np.mean([len(c.tags) for c in test_sets])))
+    if args.save:
+        save_scorers(args.save, served)
+        print(f"scorers ({', '.join(served)}) written to {args.save}")
     results["seconds"] = round(time.perf_counter() - started, 1)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

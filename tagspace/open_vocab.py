@@ -27,12 +27,17 @@ fits the scorer on the rest).
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import orjson
+import skops.io
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from tagspace.personalize import AuthorHistory
@@ -132,7 +137,7 @@ def _trigrams(s: str) -> set[str]:
 
 def candidates(tokens: Sequence[str], known: Sequence[tuple[str, float]], stats: CopyStats,
                config: OpenVocabConfig, history: AuthorHistory | None = None,
-               vocabulary: set[str] | frozenset[str] = frozenset(),
+               vocabulary: Container[str] = frozenset(),
                score_of: Callable[[str], tuple[float, int] | None] | None = None) -> Candidates:
     """``known``: the model's best known tags with their content scores, best first (at least
     ``config.known_k`` of them where the model knows that many); ``vocabulary``: every tag the
@@ -169,6 +174,60 @@ def candidates(tokens: Sequence[str], known: Sequence[tuple[str, float]], stats:
     return Candidates(list(tags), rows)
 
 
+class TagColumns(Protocol):
+    """The tag of each column of a score row, and each tag's column (None: not a column): how
+    candidates from the other sources find their content score."""
+
+    def tag(self, column: int) -> str: ...
+
+    def column(self, tag: str) -> int | None: ...
+
+    def __contains__(self, tag: object) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ListedColumns:
+    """``TagColumns`` of a list of tags (a model's vocabulary: column i is tag i). Built once
+    per tag set (it is O(tags)), not per post."""
+
+    tags: Sequence[str]
+    index: Mapping[str, int]
+
+    @classmethod
+    def of(cls, tags: Sequence[str]) -> ListedColumns:
+        return cls(tags, {t: i for i, t in enumerate(tags)})
+
+    def tag(self, column: int) -> str:
+        return self.tags[column]
+
+    def column(self, tag: str) -> int | None:
+        return self.index.get(tag)
+
+    def __contains__(self, tag: object) -> bool:
+        return tag in self.index
+
+
+def candidates_for_row(tokens: Sequence[str], row: np.ndarray, columns: TagColumns,
+                       stats: CopyStats, config: OpenVocabConfig,
+                       history: AuthorHistory | None = None) -> Candidates:
+    """``candidates`` of a post from its content scores over ``columns`` (one row of
+    ``Tagger.scores``, or of the daemon's compact scores over the tags in use): the best
+    ``config.known_k`` (ties by column, as the metrics break them) and, for any other known tag,
+    its score and rank in the row. -inf columns (rows that hold no tag) are never known."""
+    k = min(config.known_k, len(row))
+    known: list[tuple[str, float]] = []
+    if k:
+        part = np.argpartition(-row, k - 1)[:k]
+        part = part[np.lexsort((part, -row[part]))]
+        known = [(columns.tag(i), float(row[i])) for i in part if row[i] > -np.inf]
+
+    def score_of(tag: str) -> tuple[float, int] | None:
+        i = columns.column(tag)
+        return None if i is None else (float(row[i]), int((row > row[i]).sum()))
+
+    return candidates(tokens, known, stats, config, history, columns, score_of)
+
+
 class OpenVocabScorer:
     """Ranks a post's candidates by the learned probability of being one of its hashtags."""
 
@@ -193,11 +252,61 @@ class OpenVocabScorer:
     def rank(self, found: Candidates, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` best candidates with their probability, best first (ties: the order in
         which they were found, known tags first)."""
-        if not found.tags:
-            return []
-        p = self.model.predict_proba(found.features)[:, 1]
-        order = np.argsort(-p, kind="stable")[:k]
-        return [(found.tags[i], float(p[i])) for i in order]
+        return self.rank_many([found], [k])[0]
+
+    def rank_many(self, found: Sequence[Candidates], ks: Sequence[int]
+                  ) -> list[list[tuple[str, float]]]:
+        """``rank`` of each post's candidates, with one prediction call for all of them (the
+        trees' per-call cost is most of a small post's)."""
+        rows = [c.features for c in found if c.tags]
+        p = self.model.predict_proba(np.concatenate(rows))[:, 1] if rows else np.empty(0)
+        out, at = [], 0
+        for c, k in zip(found, ks, strict=True):
+            mine, at = p[at : at + len(c.tags)], at + len(c.tags)
+            order = np.argsort(-mine, kind="stable")[:k]
+            out.append([(c.tags[i], float(mine[i])) for i in order])
+        return out
+
+
+SCORERS_FORMAT = 1
+# what the trees of a fitted scorer hold beyond plain data: skops loads nothing else
+TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+
+
+def save_scorers(folder: Path, scorers: Mapping[str, OpenVocabScorer]) -> None:
+    """Fitted scorers by mode (``content``, ``personalized``) into ``folder``, for the daemon:
+    ``scorers.json`` (format, each mode's config), ``stats.json`` (the copy statistics they
+    share) and ``<mode>.skops`` (the trees, in skops' format: loading runs no pickle)."""
+    stats = {id(s.stats): s.stats for s in scorers.values()}
+    if len(stats) != 1:
+        raise ValueError("the scorers of one file share their copy statistics")
+    (shared,) = stats.values()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "stats.json").write_bytes(orjson.dumps(
+        {"appear": shared.appear, "copied": shared.copied, "tag_count": shared.tag_count}))
+    for mode, scorer in scorers.items():
+        skops.io.dump(scorer.model, folder / f"{mode}.skops")
+    index = {"format": SCORERS_FORMAT, "modes": {
+        mode: {"known_k": s.config.known_k, "max_concat": s.config.max_concat,
+               "sources": list(s.config.sources)} for mode, s in scorers.items()}}
+    (folder / "scorers.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def load_scorers(folder: Path) -> dict[str, OpenVocabScorer]:
+    """What ``save_scorers`` wrote; ValueError when ``folder`` is not such a folder."""
+    try:
+        index = json.loads((folder / "scorers.json").read_text())
+        if index.get("format") != SCORERS_FORMAT:
+            raise ValueError(f"format {index.get('format')!r}, not {SCORERS_FORMAT}")
+        raw = orjson.loads((folder / "stats.json").read_bytes())
+        stats = CopyStats(*(Counter(raw[k]) for k in ("appear", "copied", "tag_count")))
+        return {mode: OpenVocabScorer(
+                    OpenVocabConfig(c["known_k"], c["max_concat"], tuple(c["sources"])), stats,
+                    skops.io.load(folder / f"{mode}.skops", trusted=TRUSTED_TYPES))
+                for mode, c in index["modes"].items()}
+    except (OSError, KeyError, TypeError, ValueError) as e:  # untrusted types: TypeError
+        raise ValueError(f"{folder} is not a folder of open-vocabulary scorers "
+                         f"(scripts/open_vocab.py --save): {e}") from e
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from daemon.config import Settings
 from daemon.metrics import Metrics
 
 
-def client(suggest=lambda text, k, user: [("pasta", 1.0)][:k], fail_store=False,  # type: ignore[no-untyped-def]
+def client(suggest=lambda text, k, user: [("pasta", 1.0, True)][:k], fail_store=False,  # type: ignore[no-untyped-def]
            in_flight=None):
     def post(post_id: str):  # type: ignore[no-untyped-def]
         if fail_store:
@@ -31,8 +31,8 @@ def client(suggest=lambda text, k, user: [("pasta", 1.0)][:k], fail_store=False,
 def test_suggest_answers_and_validates():
     c = client()
     ok = c.post("/v1/suggest", json={"text": "garlic", "k": 1})
-    assert ok.status_code == 200 and ok.json() == {"tags": [{"tag": "pasta", "score": 1.0}],
-                                                   "model_version": 3}
+    assert ok.status_code == 200 and ok.json() == {
+        "tags": [{"tag": "pasta", "score": 1.0, "known": True}], "model_version": 3}
     assert c.post("/v1/suggest", json={"text": "x", "k": 51}).json() == {"error": "k: at most 50"}
     form = c.post("/v1/suggest", content=b'{"text": "garlic"}',
                   headers={"content-type": "application/x-www-form-urlencoded"})

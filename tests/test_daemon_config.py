@@ -243,6 +243,13 @@ def test_bad_flag_value_names_the_setting() -> None:
     assert "posts_topic" in message and "'my posts'" in message
 
 
+def test_open_vocabulary_scorers_must_be_their_folder(tmp_path: Path) -> None:
+    message = config_error(flags("--open-vocab-scorers", str(tmp_path)))
+    assert "open_vocab_scorers" in message and "scorers.json" in message
+    (tmp_path / "scorers.json").write_text("{}")  # what it holds: the serving side's to check
+    assert load(flags("--open-vocab-scorers", str(tmp_path))).open_vocab_scorers
+
+
 def test_bad_file_value_names_the_setting(tmp_path: Path) -> None:
     message = config_error(None, toml(tmp_path, "[daemon]\nworkers = -2\n"))
     assert "workers" in message and "TAGSPACE_WORKERS" in message

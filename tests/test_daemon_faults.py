@@ -119,7 +119,7 @@ def test_a_full_disk_at_checkpoint_time_is_logged_and_counted_and_serving_goes_o
         daemon.hub.online.observe(post(i, "garlic bread in the oven", ["bread", "garlic"]), i)
         daemon.hub.online.observe(post(9 + i, "bake pasta with garlic", ["baking", "pasta"]), i)
     before = daemon.scorer.suggest("garlic bread", 3, None)
-    assert len(before) == 3 and {tag for tag, _ in before} <= known
+    assert len(before) == 3 and {tag for tag, *_ in before} <= known
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -133,7 +133,7 @@ def test_a_full_disk_at_checkpoint_time_is_logged_and_counted_and_serving_goes_o
     # still answering, with the same live model: 3 known tags, best first, as before
     after = daemon.scorer.suggest("garlic bread", 3, None)
     assert after == before
-    assert [s for _, s in after] == sorted((s for _, s in after), reverse=True)
+    assert [s for _, s, _ in after] == sorted((s for _, s, _ in after), reverse=True)
     daemon.redis.close()
 
 

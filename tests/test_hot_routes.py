@@ -25,7 +25,7 @@ def backend(fail: bool = False):  # type: ignore[no-untyped-def]
         calls.append(("suggest", text, k, user))
         if fail:
             raise redis.ConnectionError("down")
-        return [("pasta", 1.5), ("garlic", 0.25)][:k]
+        return [("pasta", 1.5, True), ("garlic", 0.25, True)][:k]
 
     def feed(user, k):  # type: ignore[no-untyped-def]
         calls.append(("feed", user, k))
@@ -83,7 +83,8 @@ def test_plain_and_validated_requests_get_the_same_answers_and_metrics():
     coerced = client.post("/v1/suggest", json={"text": "garlic", "k": "2"})  # via FastAPI
     assert plain.status_code == coerced.status_code == 200
     assert plain.json() == coerced.json() == {
-        "tags": [{"tag": "pasta", "score": 1.5}, {"tag": "garlic", "score": 0.25}],
+        "tags": [{"tag": "pasta", "score": 1.5, "known": True},
+                 {"tag": "garlic", "score": 0.25, "known": True}],
         "model_version": 7}
     assert plain.headers["content-type"] == coerced.headers["content-type"]
     assert calls == [("suggest", "garlic", 2, None)] * 2
@@ -121,7 +122,7 @@ def test_after_a_redis_error_plain_requests_are_answered_on_threads():
         loop_thread.append(threading.current_thread().name)
         if len(loop_thread) == 1:
             raise redis.ConnectionError("down")
-        return [("pasta", 1.0)]
+        return [("pasta", 1.0, True)]
     b.scorer.suggest = suggest
     assert client.post("/v1/suggest", json={"text": "x"}).status_code == 200  # FastAPI's retry
     assert client.post("/v1/suggest", json={"text": "x"}).status_code == 200

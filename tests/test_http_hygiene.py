@@ -68,7 +68,7 @@ class RealServer:
         backend = SimpleNamespace(
             settings=settings, metrics=self.metrics,
             scorer=SimpleNamespace(suggest_many=lambda requests: [
-                [("pasta", 1.0)][:k] for _, k, _ in requests]),
+                [("pasta", 1.0, True)][:k] for _, k, _ in requests]),
             hub=SimpleNamespace(version=3), store=SimpleNamespace(post=lambda pid: None),
             exposition=lambda: b"", readiness_problems=lambda: [])
         self.port = free_port()

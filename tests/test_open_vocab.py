@@ -10,12 +10,16 @@ from tagspace.metrics import gold_ranks, ranking_metrics
 from tagspace.open_vocab import (
     FEATURES,
     CopyStats,
+    ListedColumns,
     OpenVocabConfig,
     OpenVocabScorer,
     candidates,
+    candidates_for_row,
     known_top,
+    load_scorers,
     open_metrics,
     post_strings,
+    save_scorers,
 )
 from tagspace.personalize import AuthorHistory
 
@@ -52,25 +56,79 @@ def test_candidates_keep_the_known_ranking_and_add_the_posts_strings():
     assert f["food"][col["content_gap"]] == 0 and f["dinner"][col["content_gap"]] == 1.5
 
 
+# the content model's best known tags: unsure for posts of one kind, sure of #food for the other
+UNSURE = [("yummy", 1.0), ("food", 0.9), ("dinner", 0.8)]
+SURE = [("food", 3.0), ("yummy", 1.0), ("dinner", 0.8)]
+
+
+def ilove_scorer() -> tuple[OpenVocabScorer, CopyStats, OpenVocabConfig]:
+    """Learned from posts whose hashtag is their phrase run together (#ilove<food>) and posts
+    of #food; copy statistics from other posts than its examples, as scripts/open_vocab.py."""
+    foods = [f"food{i}" for i in range(60)]
+    stats = CopyStats.from_posts([(("i", "love", f), ("ilove" + f,)) for f in foods[:20]], 3)
+    config = OpenVocabConfig(known_k=3)
+    examples = [(candidates(("i", "love", f), UNSURE, stats, config), ("ilove" + f,))
+                for f in foods[20:50]]
+    examples += [(candidates(("what", "a", f, "day"), SURE, stats, config), ("food",))
+                 for f in foods[20:50]]
+    return OpenVocabScorer.fit(examples, config, stats), stats, config
+
+
 def test_a_never_seen_run_of_words_is_suggested_once_learned_from_others():
     """Training posts whose hashtag is their phrase run together (#ilovepizza): a new post's
     phrase, a tag never seen anywhere, comes first."""
-    foods = [f"food{i}" for i in range(60)]
-    # copy statistics from other posts than the scorer's examples, as scripts/open_vocab.py does
-    stats = CopyStats.from_posts([(("i", "love", f), ("ilove" + f,)) for f in foods[:20]], 3)
-    config = OpenVocabConfig(known_k=3)
-    # the content model's best known tags: unsure for the first kind, sure of #food for the other
-    unsure = [("yummy", 1.0), ("food", 0.9), ("dinner", 0.8)]
-    sure = [("food", 3.0), ("yummy", 1.0), ("dinner", 0.8)]
-    examples = [(candidates(("i", "love", f), unsure, stats, config), ("ilove" + f,))
-                for f in foods[20:50]]
-    examples += [(candidates(("what", "a", f, "day"), sure, stats, config), ("food",))
-                 for f in foods[20:50]]
-    scorer = OpenVocabScorer.fit(examples, config, stats)
-    new = candidates(("i", "love", "food55"), unsure, stats, config)
+    scorer, stats, config = ilove_scorer()
+    new = candidates(("i", "love", "food55"), UNSURE, stats, config)
     assert scorer.rank(new, k=1)[0][0] == "ilovefood55"
-    plain = candidates(("what", "a", "food56", "day"), sure, stats, config)
+    plain = candidates(("what", "a", "food56", "day"), SURE, stats, config)
     assert scorer.rank(plain, k=1)[0][0] == "food"
+
+
+def test_candidates_of_a_score_row_are_those_of_its_best_known_tags_and_their_ranks():
+    """What the daemon calls on its compact score rows is what the evaluation built by hand:
+    the best known_k by score (ties by column), and any other known tag's score and rank."""
+    rng = np.random.default_rng(3)
+    tags = [f"t{i}" for i in range(40)] + ["pizza", "love"]
+    row = np.round(rng.normal(size=len(tags)), 1).astype(np.float32)  # rounded: ties
+    row[5] = -np.inf  # a row that holds no tag
+    _, stats, config = ilove_scorer()
+    tokens = ("i", "love", "pizza", "t5")
+    (top,) = known_top(row[None], tags, config.known_k)
+
+    def score_of(tag: str) -> tuple[float, int] | None:
+        i = tags.index(tag) if tag in tags else None
+        return None if i is None else (float(row[i]), int((row > row[i]).sum()))
+
+    by_hand = candidates(tokens, top, stats, config, None, frozenset(tags), score_of)
+    mine = candidates_for_row(tokens, row, ListedColumns.of(tags), stats, config)
+    assert mine.tags == by_hand.tags and "t5" in mine.tags and "t5" not in mine.tags[:3]
+    np.testing.assert_array_equal(mine.features, by_hand.features)
+
+
+def test_scorers_rank_many_posts_as_each_alone_and_survive_their_folder(tmp_path):
+    scorer, stats, config = ilove_scorer()
+    posts = [(("i", "love", "food55"), UNSURE), (("what", "a", "food56", "day"), SURE),
+             (("<url>",), []), (("i", "love", "food57"), UNSURE)]
+    found = [candidates(p, known, stats, config) for p, known in posts]
+    together = scorer.rank_many(found, [3, 1, 5, 2])
+    assert together == [scorer.rank(c, k) for c, k in zip(found, [3, 1, 5, 2], strict=True)]
+    assert together[0][0][0] == "ilovefood55" and together[1][0][0] == "food"
+    assert together[2] == [] and len(together[0]) == 3
+    save_scorers(tmp_path / "ov", {"content": scorer, "personalized": scorer})
+    loaded = load_scorers(tmp_path / "ov")
+    assert loaded["content"].rank_many(found, [3, 1, 5, 2]) == together
+    assert loaded["personalized"].config == config
+    assert loaded["content"].stats.appear == stats.appear
+    assert loaded["content"].stats.prior == stats.prior
+    index = tmp_path / "ov" / "scorers.json"
+    index.write_text(index.read_text().replace('"format": 1', '"format": 99'))
+    with pytest.raises(ValueError, match="format 99"):
+        load_scorers(tmp_path / "ov")
+    with pytest.raises(ValueError, match="not a folder of open-vocabulary scorers"):
+        load_scorers(tmp_path / "nowhere")
+    other = OpenVocabScorer(config, CopyStats.from_posts([], 3), scorer.model)
+    with pytest.raises(ValueError, match="share"):
+        save_scorers(tmp_path / "two", {"content": scorer, "personalized": other})
 
 
 def test_open_metrics_are_the_contracts_on_a_known_only_ranking():

@@ -95,9 +95,10 @@ def test_suggestions_answered_together_are_each_the_one_answered_alone():
     reads = store.reads
     together = scorer.suggest_many(requests)
     assert store.reads - reads == sum(user is not None for _, _, user in requests)
-    assert [[t for t, _ in a] for a in together] == [[t for t, _ in a] for a in alone]
+    assert [[t for t, *_ in a] for a in together] == [[t for t, *_ in a] for a in alone]
     for a, b in zip(together, alone, strict=True):
-        np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose([s for _, s, _ in a], [s for _, s, _ in b], rtol=1e-5,
+                                   atol=1e-6)
     assert together[0] != together[1]  # the author's past changed the first one's ranking
 
 
@@ -113,8 +114,8 @@ def test_served_suggestions_rank_exactly_as_evaluate_personalize(weights):
         row = offline.scores([Post("q", "u", None, tokens, ())])[0]
         expected = [TAGS[i] for i in np.argsort(-row, kind="stable")]
         served = scorer.suggest(text, k=len(TAGS), user_id="u")
-        assert [t for t, _ in served] == expected
-        np.testing.assert_allclose([s for _, s in served], np.sort(row)[::-1], rtol=1e-5,
+        assert [t for t, *_ in served] == expected
+        np.testing.assert_allclose([s for _, s, _ in served], np.sort(row)[::-1], rtol=1e-5,
                                    atol=1e-5)
 
 
@@ -123,9 +124,9 @@ def test_the_history_changes_the_ranking_and_a_new_author_gets_the_content_ranki
     content = scorer.hub.tagger.scores(
         [Post("", None, None, parse_post_text("rain again").tokens, ())])[0][:len(TAGS)]
     by_content = [TAGS[i] for i in np.argsort(-content, kind="stable")]
-    assert [t for t, _ in scorer.suggest("rain again", len(TAGS), "stranger")] == by_content
-    assert [t for t, _ in scorer.suggest("rain again", len(TAGS), None)] == by_content
-    personal = [t for t, _ in scorer.suggest("rain again", len(TAGS), "u")]
+    assert [t for t, *_ in scorer.suggest("rain again", len(TAGS), "stranger")] == by_content
+    assert [t for t, *_ in scorer.suggest("rain again", len(TAGS), None)] == by_content
+    personal = [t for t, *_ in scorer.suggest("rain again", len(TAGS), "u")]
     # used twice each by this author: 8 x log 3 outweighs any z-scored content difference
     assert set(personal[:2]) == {"food", "italy"}
     assert personal != by_content
@@ -134,7 +135,7 @@ def test_the_history_changes_the_ranking_and_a_new_author_gets_the_content_ranki
 def test_free_rows_are_never_suggested_and_k_is_honoured():
     _, scorer, _ = scorers(PersonalizeWeights(count=2.0))
     served = scorer.suggest("pasta", k=50, user_id="u")
-    assert sorted(t for t, _ in served) == sorted(TAGS)  # 6 tags in use, 20 rows
+    assert sorted(t for t, *_ in served) == sorted(TAGS)  # 6 tags in use, 20 rows
     assert len(scorer.suggest("pasta", k=2, user_id="u")) == 2
 
 
@@ -158,7 +159,7 @@ def test_a_new_post_by_the_author_is_used_at_once_and_the_cache_stays_bounded():
     library = PersonalizedScorer(offline.content, profiles, weights, offline.personalizer.bow)
     row = library.scores([Post("q", "u", None, parse_post_text("rain again").tokens, ())])[0]
     after = scorer.suggest("rain again", k=3, user_id="u")
-    assert [t for t, _ in after] == [TAGS[i] for i in np.argsort(-row, kind="stable")[:3]]
+    assert [t for t, *_ in after] == [TAGS[i] for i in np.argsort(-row, kind="stable")[:3]]
     assert after != before  # 'italy' now has a past post just like the query
     for user in ("a", "b", "c"):
         store._authored[user] = store._authored["u"]
@@ -180,8 +181,8 @@ def assert_served_is_the_full_ranking(scorer: Scorer, text: str, user_id: str | 
     row = full_row(tagger, text)
     order = [i for i in np.argsort(-row, kind="stable") if np.isfinite(row[i])]
     served = scorer.suggest(text, k=1000, user_id=user_id)
-    assert [t for t, _ in served] == [tagger.tags.tokens[i] for i in order]
-    np.testing.assert_allclose([s for _, s in served], row[order], rtol=1e-6, atol=1e-6)
+    assert [t for t, *_ in served] == [tagger.tags.tokens[i] for i in order]
+    np.testing.assert_allclose([s for _, s, _ in served], row[order], rtol=1e-6, atol=1e-6)
 
 
 def test_the_served_tags_follow_admissions_and_evictions_with_no_stale_cache():
@@ -195,14 +196,14 @@ def test_the_served_tags_follow_admissions_and_evictions_with_no_stale_cache():
     # a new tag is admitted (min_tag_count=1): served at once, at its warm-started row
     online.observe(Post("n1", "v", 1.0, ("bake", "bread"), ("bread",)), clock=1.0)
     assert tagger.active_tags() is not first
-    assert "bread" in [t for t, _ in scorer.suggest("bake bread", k=50, user_id=None)]
+    assert "bread" in [t for t, *_ in scorer.suggest("bake bread", k=50, user_id=None)]
     assert_served_is_the_full_ranking(scorer, "bake bread")
     # fill the table (20 rows), then one more: the least recently seen tag is evicted
     for i in range(20 - len(TAGS) - 1):
         online.observe(Post(f"f{i}", "v", 2.0, ("sun",), (f"filler{i}",)), clock=2.0 + i)
     assert online.tags.size == 20
     online.observe(Post("n2", "v", 99.0, ("rain",), ("storm",)), clock=99.0)
-    served = [t for t, _ in scorer.suggest("rain cloud", k=50, user_id=None)]
+    served = [t for t, *_ in scorer.suggest("rain cloud", k=50, user_id=None)]
     assert "storm" in served and len(served) == 20
     evicted = (set(TAGS) | {"bread"} | {f"filler{i}" for i in range(13)}) - set(served)
     assert len(evicted) == 1 and not evicted & set(online.tags.tokens)
@@ -280,7 +281,7 @@ def test_personalized_ranking_stays_exact_after_the_vocabulary_moves():
         expected = [online.tags.tokens[i] for i in np.argsort(-row, kind="stable")
                     if np.isfinite(row[i])]
         served = scorer.suggest(text, k=50, user_id="u")
-        assert [t for t, _ in served] == expected
+        assert [t for t, *_ in served] == expected
         assert "pastry" in expected  # the new tag, with its count and popularity (live counts)
 
 
@@ -299,7 +300,7 @@ def test_the_suggest_route_answers_the_scorer_as_its_openapi_schema_says():
     client = TestClient(create_app(daemon))  # type: ignore[arg-type]
     r = client.post("/v1/suggest", json={"text": "pasta with garlic", "k": 4, "user_id": "u"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
-    assert r.json() == {"tags": [{"tag": t, "score": s} for t, s in
+    assert r.json() == {"tags": [{"tag": t, "score": s, "known": known} for t, s, known in
                                  scorer.suggest("pasta with garlic", 4, "u")],
                         "model_version": 3}
     doc = client.get("/openapi.json").json()
@@ -307,5 +308,59 @@ def test_the_suggest_route_answers_the_scorer_as_its_openapi_schema_says():
     assert schema["application/json"]["schema"]["$ref"].endswith("/SuggestResponse")
     assert set(doc["components"]["schemas"]["SuggestResponse"]["properties"]) == \
         set(r.json())
+    assert set(doc["components"]["schemas"]["TagScore"]["properties"]) == \
+        set(r.json()["tags"][0]) == set(doc["components"]["schemas"]["TagScore"]["required"])
     assert daemon.metrics.registry.get_sample_value(
         "tagspace_api_request_seconds_count", {"route": "/v1/suggest", "status": "200"}) == 1
+
+
+def test_open_vocabulary_suggestions_are_the_librarys_and_name_never_seen_tags():
+    """With open-vocabulary scorers, each served answer is what tagspace.open_vocab ranks for
+    the same post and history (content rows without an author's past, the personalized rows
+    and scorer with it), and a run of the post's words that no model has seen comes first."""
+    from daemon.open_vocab import OpenVocabRanking
+    from tagspace.open_vocab import (
+        CopyStats,
+        ListedColumns,
+        OpenVocabConfig,
+        OpenVocabScorer,
+        candidates_for_row,
+    )
+
+    offline, plain, store = scorers(PersonalizeWeights(count=2.0, similarity=2.0, lexical=2.0))
+    config = OpenVocabConfig(known_k=3)
+    columns = ListedColumns.of(TAGS)
+    pairs = [(a, b) for a in WORDS for b in WORDS if a != b]
+    stats = CopyStats.from_posts([((a, b), (a + b,)) for a, b in pairs[::3]], 3)
+    history = offline.profiles.get("u")
+
+    def examples(personal: bool) -> list:
+        out = []
+        for n, (a, b) in enumerate(pairs):
+            post = Post("x", "u" if personal else None, None, (a, b), ())
+            row = (offline if personal else offline.content).scores([post])[0]
+            found = candidates_for_row((a, b), row, columns, stats, config,
+                                       history if personal else None)
+            # the pairs whose run the copy statistics saw as a tag have it as theirs
+            out.append((found, (a + b,) if n % 3 == 0 else (found.tags[0],)))
+        return out
+
+    fitted = {"content": OpenVocabScorer.fit(examples(False), config, stats),
+              "personalized": OpenVocabScorer.fit(examples(True), config, stats)}
+    served = Scorer(plain.hub, store, OpenVocabRanking(fitted))
+    assert ("rain", "cloud") in pairs[::3]
+    requests = [(q, 5, user) for q in QUERIES + ["rain cloud"] for user in ("u", None)]
+    for (text, k, user), answer in zip(requests, served.suggest_many(requests), strict=True):
+        tokens = parse_post_text(text).tokens
+        post = Post("q", user, None, tokens, ())
+        mode = "personalized" if user else "content"
+        row = (offline if user else offline.content).scores([post])[0]
+        found = candidates_for_row(tokens, row, columns, stats, config,
+                                   history if user else None)
+        expected = fitted[mode].rank(found, k)
+        assert [t for t, *_ in answer] == [t for t, _ in expected]
+        np.testing.assert_allclose([p for _, p, _ in answer], [p for _, p in expected],
+                                   rtol=1e-6)
+        assert [known for *_, known in answer] == [t in TAGS for t, _ in expected]
+    first = served.suggest("rain cloud", 5, None)[0]
+    assert first[0] == "raincloud" and first[2] is False

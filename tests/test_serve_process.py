@@ -39,7 +39,7 @@ def test_the_serving_process_ranks_as_the_daemons_model_and_sees_new_tags_within
     here = Scorer(daemon.hub, daemon.store)  # the same model, scored in the daemon's process
 
     def expected(text: str) -> list[tuple[str, float]]:
-        return [(t, round(float(sc), 4)) for t, sc in here.suggest(text, 10, None)]
+        return [(t, round(float(sc), 4)) for t, sc, _ in here.suggest(text, 10, None)]
     for i, (text, tag) in enumerate([("goal match team", "football"),
                                      ("oven bake bread", "baking")] * 2):
         online.observe(post(i, text, [tag]), clock=float(i))  # min_tag_count 2: admitted
@@ -101,6 +101,32 @@ def test_every_thread_of_the_serving_processes_runs_at_serve_nice(broker, redis_
                 threads[tid] = int(stat.rsplit(")", 1)[1].split()[16])  # field 19: nice
             assert len(threads) > 3 and set(threads.values()) == {7}, threads
         assert os.getpriority(os.PRIO_PROCESS, 0) == ours  # the daemon's own process unchanged
+    finally:
+        d.shutdown()
+        d.store.clear()
+
+
+def test_the_serving_process_suggests_never_seen_tags_with_open_vocabulary_scorers(
+        broker, redis_url, tmp_path):
+    """``open_vocab_scorers``: the serving process loads the file and answers what the daemon's
+    own scorer answers, a run of the post's words that no model row holds first."""
+    from daemon.open_vocab import OpenVocabRanking
+    from tagspace.open_vocab import save_scorers
+    from tests.test_open_vocab import ilove_scorer
+
+    scorer, _, _ = ilove_scorer()
+    save_scorers(tmp_path / "open-vocab", {"content": scorer})
+    d = Daemon(settings_for(broker, redis_url, tmp_path / "model", train=False,
+                            open_vocab_scorers=str(tmp_path / "open-vocab")))
+    d.start()
+    try:
+        body = httpx.post(f"http://{d.settings.http_addr}/v1/suggest",
+                          json={"text": "I love food55", "k": 3}).json()
+        assert body["tags"][0]["tag"] == "ilovefood55" and body["tags"][0]["known"] is False
+        here = Scorer(d.hub, d.store, OpenVocabRanking.load(tmp_path / "open-vocab")
+                      ).suggest("I love food55", 3, None)  # the same, in the daemon's process
+        assert [(t["tag"], t["score"], t["known"]) for t in body["tags"]] == \
+            [(t, float(p), known) for t, p, known in here]
     finally:
         d.shutdown()
         d.store.clear()
