@@ -6,8 +6,10 @@ keeps what the feed's two scans need: a bfloat16 copy of the rows (the exact sca
 CPU multiplies bf16 natively) and, for large candidate sets, an ANN index
 (``daemon/feed_index.py``) that follows every add, eviction, removal and re-embedding.
 
-Readers take ``snapshot()``: a view whose arrays are replaced, never edited (except the rows of
-re-embedded posts, replaced in place), so a request sees one consistent state without a lock.
+Readers take ``snapshot()``: a view whose rows never move and are never edited (except the rows
+of re-embedded posts, replaced in place), so a request sees one consistent state without a lock.
+The views are slices of growable buffers (``daemon.candidate_rows``): new posts cost O(new),
+not a copy of every row.
 
 A post's row is found through its key (``CandidateView.row``): the post id -> key dict is shared
 by the views and only grows as posts arrive, since the keys of a view's rows are ascending; it
@@ -27,6 +29,7 @@ from functools import cache
 import numpy as np
 import torch
 
+from daemon.candidate_rows import Columns, RowBuffers
 from daemon.feed_index import FeedIndex
 from daemon.store import Store, StoredPost
 from tagspace.recommend import unit_rows
@@ -104,9 +107,8 @@ class CandidateIndex:
         self._author_code: dict[str, int] = {}
         self._key_of: dict[str, int] = {}  # shared by the views (module docstring)
         self._next_key = 0
-        self._view = self._make_view([], np.zeros(0, np.int64), np.zeros(0),
-                                     np.zeros((0, dim), np.float32), np.zeros(0, np.int64),
-                                     np.zeros(0, np.uint64))
+        self._rows = RowBuffers(dim, self.bf16)  # the columns' storage (daemon.candidate_rows)
+        self._view = self._make_view([], self._rows.live())
         self._cursor = "0"  # the last arrivals-stream id read
 
     def __len__(self) -> int:
@@ -162,41 +164,42 @@ class CandidateIndex:
                 key_of = self._key_of = dict(zip(old.ids, old.keys.tolist(), strict=True))
             key_of.update(zip(new_ids, new_keys.tolist(), strict=True))
             ids = old.ids + new_ids
-            authors = np.concatenate([old.authors, np.asarray(codes, np.int64)])
-            ts = np.concatenate([old.ts, [p.ts for p in posts]])
-            vectors = np.concatenate([old.vectors, vecs])
-            versions = np.concatenate([old.versions, [p.version for p in posts]])
-            keys = np.concatenate([old.keys, new_keys])
-            evicted = np.zeros(0, np.uint64)
-            if len(ids) > self.capacity:  # keep the newest
-                order = np.sort(np.argsort(ts, kind="stable")[-self.capacity:])
-                dropped = np.ones(len(ids), bool)
-                dropped[order] = False
-                evicted = keys[:len(old.ids)][dropped[:len(old.ids)]]
-                ids = [ids[i] for i in order]
-                authors, ts, vectors = authors[order], ts[order], vectors[order]
-                versions, keys = versions[order], keys[order]
+            self._rows.extend(np.asarray(codes, np.int64), np.asarray([p.ts for p in posts],
+                                                                      np.float64),
+                              vecs, np.asarray([p.version for p in posts], np.int64), new_keys)
+            rows, evicted = self._rows.live(), np.zeros(0, np.uint64)
+            over = len(ids) - self.capacity
+            if over > 0:  # keep the newest by timestamp
+                if rows.ts[:over].max() <= rows.ts[over:].min():
+                    # the oldest are the first rows (the usual case): dropped in place
+                    evicted = rows.keys[:over].copy()
+                    self._rows.drop_first(over)
+                    ids = ids[over:]
+                else:
+                    order = np.sort(np.argsort(rows.ts, kind="stable")[-self.capacity:])
+                    dropped = np.ones(len(ids), bool)
+                    dropped[order] = False
+                    evicted = rows.keys[dropped]
+                    ids = [ids[i] for i in order]
+                    self._rows.replace(rows.take(order))
+                rows = self._rows.live()
             if self._ann is not None:
                 # before the view is published, so a published row is always in the index;
                 # the feed drops whatever the index returns that its view lacks
-                fresh = keys >= new_keys[0]
-                self._ann.add(keys[fresh], vectors[fresh])
-            self._publish(ids, authors, ts, vectors, versions, keys)
+                fresh = rows.keys >= new_keys[0]
+                self._ann.add(rows.keys[fresh], rows.vectors[fresh])
+            self._publish(ids, rows)
             if self._ann is not None:
-                self._ann.remove(evicted)
+                self._ann.remove(evicted[evicted < new_keys[0]])  # new ones were never added
 
-    def _make_view(self, ids: list[str], authors: np.ndarray, ts: np.ndarray,
-                   vectors: np.ndarray, versions: np.ndarray,
-                   keys: np.ndarray) -> CandidateView:
-        low = torch.from_numpy(vectors).to(torch.bfloat16) if self.bf16 else None
+    def _make_view(self, ids: list[str], rows: Columns) -> CandidateView:
         ann = (self._ann if self._ann is not None and len(ids) >= self.ann_min_candidates
                else None)
-        return CandidateView(ids, authors, ts, vectors, self._key_of, self._author_code,
-                             versions, keys, low, ann)
+        return CandidateView(ids, rows.authors, rows.ts, rows.vectors, self._key_of,
+                             self._author_code, rows.versions, rows.keys, rows.low, ann)
 
-    def _publish(self, ids: list[str], authors: np.ndarray, ts: np.ndarray,
-                 vectors: np.ndarray, versions: np.ndarray, keys: np.ndarray) -> None:
-        self._view = self._make_view(ids, authors, ts, vectors, versions, keys)
+    def _publish(self, ids: list[str], rows: Columns) -> None:
+        self._view = self._make_view(ids, rows)
 
     def update(self, post_ids: list[str], embeddings: np.ndarray, version: int) -> None:
         """Re-embedded posts (this replica's re-embedder) replace their vectors."""
@@ -224,8 +227,8 @@ class CandidateIndex:
             keep = np.array([i not in drop for i in view.ids], bool)
             if keep.all():
                 return
+            self._rows.replace(self._rows.live().take(np.flatnonzero(keep)))
             self._publish([i for i, k in zip(view.ids, keep, strict=True) if k],
-                          view.authors[keep], view.ts[keep], view.vectors[keep],
-                          view.versions[keep], view.keys[keep])
+                          self._rows.live())
             if self._ann is not None:
                 self._ann.remove(view.keys[~keep])

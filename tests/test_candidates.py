@@ -401,3 +401,35 @@ def test_feeds_search_the_ann_index_safely_while_it_changes():
             reader.join(10)
     assert not problems, problems[0]
     assert len(ann) == 500 and 2999 in ann and 2499 not in ann
+
+
+def test_row_buffers_never_move_a_published_row_while_they_grow_and_drop():
+    """Views are slices of the buffers: later appends (with and without room), the oldest rows
+    dropped in place and a replacement leave every earlier view's rows as they were."""
+    from daemon.candidate_rows import MIN_ROOM, RowBuffers
+
+    rng = np.random.default_rng(0)
+
+    def batch(first: int, n: int):  # type: ignore[no-untyped-def]
+        keys = np.arange(first, first + n, dtype=np.uint64)
+        return (keys.astype(np.int64) % 7, keys.astype(np.float64),
+                rng.normal(size=(n, DIM)).astype(np.float32), np.ones(n, np.int64), keys)
+
+    buffers = RowBuffers(DIM, bf16=True)
+    buffers.extend(*batch(0, 3))
+    first = buffers.live()
+    kept = [a.copy() for a in (first.ts, first.vectors, first.keys)]
+    buffers.extend(*batch(3, MIN_ROOM + 10))  # past the room: the live rows copied anew
+    buffers.extend(*batch(MIN_ROOM + 13, 5))  # within the new room: in place
+    grown = buffers.live()
+    buffers.drop_first(4)
+    dropped = buffers.live()
+    for a, b in zip((first.ts, first.vectors, first.keys), kept, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(grown) == MIN_ROOM + 18 and len(dropped) == MIN_ROOM + 14
+    np.testing.assert_array_equal(grown.keys, np.arange(MIN_ROOM + 18, dtype=np.uint64))
+    np.testing.assert_array_equal(dropped.keys, grown.keys[4:])
+    np.testing.assert_array_equal(dropped.low.float().numpy(),  # the bf16 copy follows
+                                  torch.from_numpy(dropped.vectors).to(torch.bfloat16).float())
+    buffers.replace(dropped.take(np.array([0, 2])))
+    assert buffers.live().keys.tolist() == [4, 6] and len(dropped) == MIN_ROOM + 14

@@ -257,3 +257,31 @@ def test_an_empty_index_is_an_empty_cold_feed_without_reading_redis():
     index = CandidateIndex(store, capacity=10, dim=4)
     r = FeedRanker(SimpleNamespace(version=1), store, index, feed_history=10)
     assert r.feed("me", k=5) == ([], True) and store.calls == []
+
+
+def test_a_feed_waits_for_one_slice_of_additions_not_for_the_whole_page():
+    """The index's lock is phase-fair: a reader waiting while a writer holds it goes in before
+    the writer's next slice (it used to wait out all of them: the writer took the lock again
+    before the reader woke)."""
+    import threading
+    import time
+
+    from daemon.feed_index import _SharedLock
+
+    lock, started, slices = _SharedLock(), threading.Event(), []
+
+    def writer() -> None:
+        for _ in range(40):
+            with lock.exclusive():
+                started.set()
+                time.sleep(0.01)  # one slice of insertions
+                slices.append(time.monotonic())
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    started.wait()
+    with lock.shared():
+        done_before = len(slices)
+    thread.join()
+    assert done_before <= 3, f"the reader waited for {done_before} of 40 slices"
+    assert len(slices) == 40  # and the writer finished
