@@ -31,7 +31,7 @@ feed is one round trip, tests/test_daemon_store.py).
 
 Usage: python scripts/bench_feed.py --model runs/hyt64 [--sizes 20000,54000,100000,173438]
            [--history 10,50] [--history-from own|tags] [--users 200] [--cache emb.npy]
-           [--json out.json]
+           [--stored float32|float16|int8] [--json out.json]
 """
 
 from __future__ import annotations
@@ -115,6 +115,27 @@ def user_history(u: str, n: int, h: int, by_user, by_tag, tags, mode: str):  # t
     return own + liked, liked
 
 
+def stored_as(vectors: np.ndarray, kind: str) -> np.ndarray:
+    """The unit rows as a Redis that keeps them in ``kind`` would give them back (float32)."""
+    if kind == "float16":
+        return vectors.astype(np.float16).astype(np.float32)
+    if kind == "int8":  # per row: int8 codes and a float32 scale (max |x| / 127)
+        scale = np.abs(vectors).max(axis=1, keepdims=True) / 127.0
+        return (np.round(vectors / scale).astype(np.int8) * scale).astype(np.float32)
+    return vectors
+
+
+def true_recall(vectors: np.ndarray, n: int, history_rows: list[int], excluded: np.ndarray,
+                served: list, k: int) -> float:
+    """Recall@k of ``served`` (FeedItems of posts ``p{row}``) against the exact float32 top k
+    of the original vectors, tie-aware as ``hits``."""
+    scores = (vectors[:n] @ vectors[history_rows].T).max(axis=1)
+    scores[excluded] = -np.inf
+    kth = np.partition(scores, n - k)[n - k]
+    got = [scores[int(i.post_id[1:])] for i in served]
+    return sum(s >= kth - 1e-6 for s in got) / k
+
+
 def before(view, history: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
     """The former FeedRanker's arithmetic, for the record."""
     allowed = np.ones(len(view.ids), bool)
@@ -171,6 +192,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path)
     p.add_argument("--cache", type=Path, help="embeddings kept here between runs (.npy)")
+    p.add_argument("--stored", choices=["float32", "float16", "int8"], default="float32",
+                   help="the precision Redis keeps embeddings in: candidates and histories "
+                   "are read back at it, and the daemon's feeds are also scored against the "
+                   "exact float32 top k of the original vectors (stored_recall_at_k)")
     args = p.parse_args()
     torch.set_num_threads(1)  # as the daemon: one request, one core
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -204,6 +229,7 @@ def main() -> None:
                                               replace=False)]
 
     store = ListStore()
+    original, vectors = vectors, stored_as(vectors, args.stored)
     for i, (u, v) in enumerate(zip(users, vectors, strict=True)):
         store.add(StoredPost(f"p{i}", u or f"x{i}", float(i), [], [], v, 1))
     ann = FeedIndex(vectors.shape[1], connectivity=args.connectivity,
@@ -244,7 +270,7 @@ def main() -> None:
         for h in histories:
             ms: dict[str, list[float]] = {m: [] for m in METHODS}
             recall, overlap, same_ids, bf16_err, score_err = [], [], [], 0.0, 0.0
-            daemon_recall = []
+            daemon_recall, stored_recall = [], []
             lengths = []
             falls = (ranker.stats.bf16_fallbacks, ann_ranker.stats.ann_fallbacks)
             for u in chosen:
@@ -272,6 +298,7 @@ def main() -> None:
                 overlap.append(hits(kth, low) / len(exact))
                 recall.append(hits(kth, approx) / len(exact))
                 daemon_recall.append(hits(kth, served) / len(exact))
+                stored_recall.append(true_recall(original, n, rows, excluded, served, k))
                 truth = {i.post_id for i in exact}
                 same_ids.append(len(truth & {i.post_id for i in approx or []}) / len(truth))
                 score_err = max(score_err, max(abs(a.score - b.score)
@@ -287,6 +314,8 @@ def main() -> None:
                    "ann_recall_min": round(float(np.min(recall)), 3),
                    "ann_same_ids": round(float(np.mean(same_ids)), 4),
                    "daemon_recall_at_k": round(float(np.mean(daemon_recall)), 4),
+                   "stored": args.stored,
+                   "stored_recall_at_k": round(float(np.mean(stored_recall)), 4),
                    "bf16_topk_overlap": round(float(np.mean(overlap)), 4),
                    "bf16_raw_score_error_max": round(bf16_err, 5),
                    "bf16_served_score_error_max": round(score_err, 7),
