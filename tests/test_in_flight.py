@@ -52,7 +52,7 @@ def test_the_gate_counts_a_request_while_it_is_answered():
 
     def suggest(text, k, user):  # type: ignore[no-untyped-def]
         seen.append(int(counts[1]))
-        return [("pasta", 1.0)]
+        return [("pasta", 1.0, True)]
     c = client(suggest=suggest, in_flight=InFlight(counts, 1))
     assert c.post("/v1/suggest", json={"text": "garlic", "k": 1}).status_code == 200
     assert seen[-1] == 1 and counts[1] == 0
