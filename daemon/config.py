@@ -96,6 +96,10 @@ class Settings:
     history_size: int = _s(200, "positive interactions kept per user, newest first", "store")
     seen_size: int = _s(5000, "posts remembered per user as not to be shown again", "store")
     recent_posts: int = _s(100_000, "newest posts kept as feed candidates", "store")
+    redis_embedding_dtype: str = _s("float32", "how post embeddings are written to Redis: "
+                                    "float32, or float16 (a post 16.5% smaller, feed recall "
+                                    "unchanged: docs/PERFORMANCE.md); both are always read",
+                                    "store")
     post_ttl_s: int = _s(30 * 24 * 3600, "a stored post expires after this (keep it above the "
                          "topics' retention)", "store")
     user_ttl_s: int = _s(90 * 24 * 3600, "a user's history and hashtag counts expire this long "
@@ -204,6 +208,9 @@ class Settings:
         if self.train_queue < self.max_poll_records:
             raise bad("train_queue", f"must be >= max_poll_records ({self.max_poll_records}): "
                       "a smaller buffer would drop most of every batch")
+        if self.redis_embedding_dtype not in ("float32", "float16"):
+            raise bad("redis_embedding_dtype", f"must be float32 or float16, got "
+                      f"{self.redis_embedding_dtype!r}")
         if self.open_vocab_scorers and \
                 not (Path(self.open_vocab_scorers) / "scorers.json").is_file():
             raise bad("open_vocab_scorers", f"no scorers.json in {self.open_vocab_scorers}")

@@ -53,7 +53,7 @@ def connect_store(settings: Settings, metrics: Metrics) -> Store:
     return Store(client, s.redis_prefix, history_size=s.history_size, seen_size=s.seen_size,
                  recent_posts=s.recent_posts, event_ttl_s=s.event_ttl_s,
                  post_ttl_s=s.post_ttl_s, user_ttl_s=s.user_ttl_s,
-                 observe=metrics.observe_redis)
+                 embedding_dtype=s.redis_embedding_dtype, observe=metrics.observe_redis)
 
 
 class Serving:

@@ -6,9 +6,10 @@ Writes --posts real tweets of howyoutagtweets train.csv through the daemon's own
 the ``P:post:{id}`` hashes' sizes, then rewrites each hash's ``emb`` field as a smaller encoding
 would store it (each hash written afresh with the same other fields) and reads the sizes again:
 
-- float32: what the daemon stores today (4 x d bytes);
-- float16: 2 x d bytes;
-- int8 + scale: d bytes of codes, the row's float32 scale in a field of its own (``es``).
+- float32: the daemon's default (``redis_embedding_dtype``; 4 x d bytes);
+- float16: ``redis_embedding_dtype = float16`` (2 x d bytes and a tag byte);
+- int8 + scale: d bytes of codes, the row's float32 scale in a field of its own (``es``): not
+  a setting, measured to decide.
 
 Redis keeps a hash whose every value is at most ``hash-max-listpack-value`` bytes (64 by
 default) as one compact listpack, else as a hash table with an allocation per field; the
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from daemon.store import Store
+from daemon.store import Store, encode_embedding
 from tagspace.checkpoint import load_checkpoint
 from tagspace.dataset import read_posts
 
@@ -39,13 +40,11 @@ HYT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "howyouta
 
 
 def encoded(embedding: np.ndarray, kind: str) -> dict[str, bytes]:
-    if kind == "float16":
-        return {"emb": embedding.astype(np.float16).tobytes()}
-    if kind == "int8":
+    if kind == "int8":  # not a daemon setting (yet): measured to decide
         scale = np.float32(np.abs(embedding).max() / 127.0)
         codes = np.round(embedding / scale).astype(np.int8)
         return {"emb": codes.tobytes(), "es": scale.tobytes()}
-    return {"emb": embedding.astype(np.float32).tobytes()}
+    return {"emb": encode_embedding(embedding, kind)}  # as the daemon writes them
 
 
 def main() -> None:

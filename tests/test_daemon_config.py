@@ -243,6 +243,11 @@ def test_bad_flag_value_names_the_setting() -> None:
     assert "posts_topic" in message and "'my posts'" in message
 
 
+def test_redis_embedding_dtype_is_float32_or_float16() -> None:
+    assert load(flags("--redis-embedding-dtype", "float16")).redis_embedding_dtype == "float16"
+    assert "redis_embedding_dtype" in config_error(flags("--redis-embedding-dtype", "int8"))
+
+
 def test_open_vocabulary_scorers_must_be_their_folder(tmp_path: Path) -> None:
     message = config_error(flags("--open-vocab-scorers", str(tmp_path)))
     assert "open_vocab_scorers" in message and "scorers.json" in message

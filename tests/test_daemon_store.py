@@ -159,3 +159,32 @@ def test_a_feed_is_one_round_trip_warm_or_cold(counted):
     (items, cold), trips = round_trips(lambda: ranker.feed("new", 5))
     assert cold and trips == 1
     assert {i.post_id for i in items[:2]} == {"p3", "p7"}  # the liked ones first
+
+
+def test_float16_embeddings_are_written_smaller_and_read_by_every_store(counted):
+    """``embedding_dtype="float16"``: 2 bytes a dimension and a tag byte; a store of either
+    dtype reads both (a switch of the setting mid-stream leaves older posts readable), a
+    feed's script finds them usable at their dimension, and re-embedding writes float16."""
+    from daemon.store import decode_embedding, encode_embedding
+
+    half = Store(counted.r, counted.p, embedding_dtype="float16")
+    third = np.float32(1 / 3)
+    half.write([(Post("h", "x", 1.7e9, ("w1",), ()), vec(third, 0, 0, 1))], 3, [])
+    counted.write([(Post("f", "x", 1.7e9, ("w2",), ()), vec(third, 0, 0, 1))], 3, [])
+    raw = counted.r.hget(counted.post_key("h"), "emb")
+    assert len(raw) == 2 * 4 + 1 and len(counted.r.hget(counted.post_key("f"), "emb")) == 16
+    for reader in (counted, half):
+        h, f = reader.posts(["h", "f"])
+        assert h.embedding.dtype == f.embedding.dtype == np.float32
+        assert h.embedding[0] == np.float16(third) and f.embedding[0] == third
+    counted.write([], 1, [like("e1", "v", "h", 1.7e9 + 1), like("e2", "v", "f", 1.7e9 + 2)])
+    state = half.feed_state("v", 10, 3, 4)
+    assert [p.post_id for p in state.history] == ["f", "h"]
+    assert all(p.tokens == [] and not state.unusable(p, 4) for p in state.history)
+    assert [p.tokens for p in half.feed_state("v", 10, 3, 8).history] == [["w2"], ["w1"]]
+    assert half.set_embeddings([("f", vec(0, 1, 0, 0))], 4) == 1
+    assert len(counted.r.hget(counted.post_key("f"), "emb")) == 9
+    assert np.array_equal(counted.post("f").embedding, vec(0, 1, 0, 0))
+    assert np.array_equal(decode_embedding(encode_embedding(vec(1, 2), "float32")), vec(1, 2))
+    with pytest.raises(ValueError, match="embedding_dtype"):
+        Store(counted.r, counted.p, embedding_dtype="int4")
