@@ -113,6 +113,8 @@ def main() -> None:
     p.add_argument("--modes", default="content,personalized",
                    help="content (no author) and/or personalized")
     p.add_argument("--json", type=Path)
+    p.add_argument("--learning-rate", type=float, default=0.05,
+                   help="of the scorer's boosting (larger: fewer trees, cheaper to serve)")
     p.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
                    help="also refit without each candidate source in turn")
     p.add_argument("--save", type=Path,
@@ -150,7 +152,8 @@ def main() -> None:
         "machine": f"{platform.node()}, {platform.processor() or platform.machine()}",
         "model": str(args.model), "fold_models": [str(m) for m in models[: args.splits]],
         "seeds": [args.seed + i for i in range(args.splits)],
-        "config": {"known_k": full_config.known_k, "max_concat": full_config.max_concat},
+        "config": {"known_k": full_config.known_k, "max_concat": full_config.max_concat,
+                   "learning_rate": args.learning_rate},
         "rows": [],
     }
     stats_all = CopyStats.from_posts(((q.tokens, q.tags) for q in train), full_config.max_concat)
@@ -189,13 +192,15 @@ def main() -> None:
                 sets = candidate_sets(fold_personal if personalized else fold_content, part_b,
                                       stats_a, config, profiles_a if personalized else None)
                 examples += list(zip(sets, [q.tags for q in part_b], strict=True))
-            ranker = OpenVocabScorer.fit(examples, config, stats_all, seed=args.seed)
+            ranker = OpenVocabScorer.fit(examples, config, stats_all, seed=args.seed,
+                                         learning_rate=args.learning_rate)
             if label == "all sources":
                 served[mode] = ranker
             test_sets = candidate_sets(scorer, valid, stats_all, config, profiles)
             found = sum(bool(set(c.tags) & set(g)) for c, g in zip(test_sets, gold, strict=True))
             rankings = [[t for t, _ in ranker.rank(c)] for c in test_sets]
             row(f"{mode}: open vocabulary, {label}", rankings, sources=list(sources),
+                trees=int(ranker.model.n_iter_),
                 posts_with_a_gold_candidate=found,
                 mean_candidates=float(np.mean([len(c.tags) for c in test_sets])))
     if args.save:

@@ -237,13 +237,15 @@ class OpenVocabScorer:
 
     @classmethod
     def fit(cls, examples: Sequence[tuple[Candidates, Sequence[str]]], config: OpenVocabConfig,
-            stats: CopyStats, seed: int = 0) -> OpenVocabScorer:
-        """From (candidates, gold tags) of posts the content model did not train on."""
+            stats: CopyStats, seed: int = 0, learning_rate: float = 0.05) -> OpenVocabScorer:
+        """From (candidates, gold tags) of posts the content model did not train on.
+        ``learning_rate``: of the boosting; a larger one stops with fewer trees, and each tree
+        is a call at prediction time (docs/RESULTS.md measures both)."""
         x = np.concatenate([c.features for c, _ in examples])
         y = np.concatenate([np.isin(c.tags, list(gold)) for c, gold in examples])
         if y.all() or not y.any():
             raise ValueError("the training candidates need hits and misses")
-        model = HistGradientBoostingClassifier(max_iter=500, learning_rate=0.05,
+        model = HistGradientBoostingClassifier(max_iter=500, learning_rate=learning_rate,
                                                l2_regularization=1.0, early_stopping=True,
                                                random_state=seed)
         model.fit(x, y)
