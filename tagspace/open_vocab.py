@@ -214,12 +214,8 @@ def candidates_for_row(tokens: Sequence[str], row: np.ndarray, columns: TagColum
     ``Tagger.scores``, or of the daemon's compact scores over the tags in use): the best
     ``config.known_k`` (ties by column, as the metrics break them) and, for any other known tag,
     its score and rank in the row. -inf columns (rows that hold no tag) are never known."""
-    k = min(config.known_k, len(row))
-    known: list[tuple[str, float]] = []
-    if k:
-        part = np.argpartition(-row, k - 1)[:k]
-        part = part[np.lexsort((part, -row[part]))]
-        known = [(columns.tag(i), float(row[i])) for i in part if row[i] > -np.inf]
+    known = [(columns.tag(i), float(row[i])) for i in best_columns(row, config.known_k)
+             if row[i] > -np.inf]
 
     def score_of(tag: str) -> tuple[float, int] | None:
         i = columns.column(tag)
@@ -281,7 +277,7 @@ def save_scorers(folder: Path, scorers: Mapping[str, OpenVocabScorer]) -> None:
     share) and ``<mode>.skops`` (the trees, in skops' format: loading runs no pickle)."""
     stats = {id(s.stats): s.stats for s in scorers.values()}
     if len(stats) != 1:
-        raise ValueError("the scorers of one file share their copy statistics")
+        raise ValueError("the scorers of one folder share their copy statistics")
     (shared,) = stats.values()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "stats.json").write_bytes(orjson.dumps(
@@ -347,13 +343,17 @@ def open_metrics(rankings: Sequence[Sequence[str]], gold: Sequence[Sequence[str]
                        hits10_k / max(n_gold_k, 1), len(gold), n_gold)
 
 
+def best_columns(row: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best columns of a score row, best first (ties by column, as the metrics break
+    them): an O(N) selection, then a sort of the k."""
+    k = min(k, len(row))
+    if k < 1:
+        return np.zeros(0, np.int64)
+    part = np.argpartition(-row, k - 1)[:k]
+    return part[np.lexsort((part, -row[part]))]
+
+
 def known_top(scores: np.ndarray, tags: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
     """Per row of (P, N) content scores, the ``k`` best tags and scores, best first (ties by
     tag id, as the metrics break them)."""
-    k = min(k, scores.shape[1])
-    out = []
-    for row in scores:
-        part = np.argpartition(-row, k - 1)[:k]
-        part = part[np.lexsort((part, -row[part]))]
-        out.append([(tags[i], float(row[i])) for i in part])
-    return out
+    return [[(tags[i], float(row[i])) for i in best_columns(row, k)] for row in scores]
